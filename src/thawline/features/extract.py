@@ -1,0 +1,269 @@
+"""Running a frozen backbone over the prepared uint8 images, fast.
+
+The fast path: eval mode, ``inference_mode``, channels_last, bf16 autocast on CPUs with native
+bf16 (fp16/bf16 on CUDA), resizing in DataLoader workers so it overlaps with the model, and
+forward hooks that pool intermediate layers inside the same forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from thawline.models.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """timm's eval transform (resize to size/crop_pct, centre crop, normalise) on uint8 batches."""
+
+    size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_backbone(cls, backbone: Backbone, size: int | None, crop_pct: float | None):
+        cfg = backbone.data_config
+        return cls(
+            size=size or int(cfg["input_size"][-1]),
+            crop_pct=crop_pct or float(cfg.get("crop_pct") or 1.0),
+            interpolation=str(cfg.get("interpolation", "bilinear")),
+            mean=tuple(float(m) for m in cfg["mean"]),
+            std=tuple(float(s) for s in cfg["std"]),
+        )
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` to uint8 ``[B, 3, size, size]``: resize, then centre crop.
+
+        Runs in DataLoader workers; staying in uint8 (as PIL does) moves 4x fewer bytes
+        between processes than float.
+        """
+        scale = math.floor(self.size / self.crop_pct)
+        mode = InterpolationMode(self.interpolation)
+        x = TF.resize(images, [scale, scale], interpolation=mode, antialias=True)
+        return TF.center_crop(x, [self.size, self.size])
+
+    def normalize(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 to normalised ``dtype`` (on whatever device the batch is)."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255
+        return ((images.float() - mean) / std).to(dtype)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` to the normalised float input of the model."""
+        return self.normalize(self.resize(images))
+
+
+class _Rows(Dataset):
+    """Batches of prepared rows, preprocessed in a worker so resizing overlaps with the model."""
+
+    def __init__(self, images: torch.Tensor, start: int, stop: int, batch: int, fn: Preprocess):
+        self.images, self.start, self.stop, self.batch, self.fn = images, start, stop, batch, fn
+
+    def __len__(self) -> int:
+        return math.ceil((self.stop - self.start) / self.batch)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        lo = self.start + i * self.batch
+        return self.fn.resize(self.images[lo : min(lo + self.batch, self.stop)])
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("extract.device: 'cuda' requested but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None for fp32). 'auto': bf16 where the CPU has it, bf16/fp16 on CUDA."""
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        return torch.bfloat16
+    if requested == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def uses_jit(device: torch.device, amp: torch.dtype | None, jit: bool) -> bool:
+    """Whether the backbone runs as frozen bf16 TorchScript (CPU with native bf16 only)."""
+    return jit and device.type == "cpu" and amp == torch.bfloat16
+
+
+def compute_mode(device: torch.device, amp: torch.dtype | None, jit: bool) -> str:
+    """How features are computed, for the fingerprint: the numbers differ between modes."""
+    if uses_jit(device, amp, jit):
+        return "bf16-weights-jit"
+    return f"autocast-{str(amp).removeprefix('torch.')}" if amp else "float32"
+
+
+def pool(output: torch.Tensor) -> torch.Tensor:
+    """Global-average-pool a hooked output: NCHW maps, [B, tokens, D] sequences, or vectors."""
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    if output.ndim == 4:
+        return output.mean(dim=(2, 3))
+    if output.ndim == 3:
+        return output.mean(dim=1)
+    return output.flatten(1)
+
+
+class FeatureExtractor:
+    """Pooled pre-logits plus pooled hooked layers, concatenated, from one forward pass.
+
+    On a CPU with native bf16 the backbone is cast to bf16, traced and frozen with TorchScript
+    (which folds BatchNorm into the convolutions): about twice the throughput of eager autocast
+    here. Elsewhere it runs eagerly under autocast.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        layers: list[str],
+        preprocess: Preprocess,
+        device: torch.device,
+        amp: torch.dtype | None,
+        jit: bool = True,
+    ):
+        modules = dict(backbone.model.named_modules())
+        unknown = [name for name in layers if name not in modules]
+        if unknown:
+            raise ValueError(
+                f"extract.layers: {unknown} are not modules of {backbone.name}; "
+                f"hookable stages: {backbone.feature_layers()}"
+            )
+        self.device, self.amp, self.layers, self.preprocess = device, amp, layers, preprocess
+        self.net = _PooledFeatures(backbone, layers).eval().requires_grad_(False).to(device)
+        self.net = self.net.to(memory_format=torch.channels_last)
+        self.input_dtype = torch.float32
+        self._traced: torch.jit.ScriptModule | None = None
+        self._jit = uses_jit(device, amp, jit)
+
+    def _trace(self, x: torch.Tensor) -> None:
+        self.net = self.net.to(torch.bfloat16)
+        self.input_dtype = torch.bfloat16
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                # TorchScript is deprecated in favour of torch.compile, but compiling takes
+                # about a minute on two cores, and freezing (BatchNorm folded) is ~2x eager.
+                warnings.simplefilter("ignore", FutureWarning)
+                self._traced = torch.jit.freeze(torch.jit.trace(self.net, x.to(torch.bfloat16)))
+        except Exception as err:  # some architectures do not trace; eager bf16 still works
+            log.warning("TorchScript tracing failed (%s); running eagerly", err)
+            self._jit = False
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Resized uint8 images ``[B, 3, S, S]`` to float32 features ``[B, D]``."""
+        images = images.to(self.device, non_blocking=True)
+        return self.features(self.preprocess.normalize(images, self.input_dtype))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised float input ``[B, 3, S, S]`` to float32 features ``[B, D]``."""
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self._jit and self._traced is None:
+                self._trace(x)
+            if self._traced is not None:
+                return self._traced(x.to(self.input_dtype)).float()
+            x = x.to(self.input_dtype)
+            if self.amp is None or self.input_dtype == self.amp:
+                return self.net(x).float()
+            with torch.autocast(self.device.type, dtype=self.amp):
+                return self.net(x).float()
+
+    def warm_up(self, batch_size: int) -> None:
+        """Trace (when jitting) and run one batch, so timings measure steady-state throughput."""
+        size = self.preprocess.size
+        self.features(torch.zeros(batch_size, 3, size, size, device=self.device))
+
+    def widths(self) -> list[int]:
+        """Width of each part of the feature vector: pre-logits, then each hooked layer."""
+        size = self.preprocess.size
+        with torch.inference_mode():
+            return self.net.widths(torch.zeros(1, 3, size, size, device=self.device))
+
+
+class _PooledFeatures(nn.Module):
+    """Returns ``cat([pooled pre-logits, pooled hooked layers...])``.
+
+    The hooks pool inside the forward pass, so TorchScript tracing records them too.
+    """
+
+    def __init__(self, backbone: Backbone, layers: list[str]):
+        super().__init__()
+        self.backbone = backbone
+        self.layers = layers
+        self._captured: list[torch.Tensor] = []
+        modules = dict(backbone.model.named_modules())
+        for name in layers:
+            modules[name].register_forward_hook(self._capture)
+
+    def _capture(self, _module: nn.Module, _inputs, output) -> None:
+        self._captured.append(pool(output))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._captured = []
+        pooled = pool(self.backbone.forward_features(x))
+        out = torch.cat([pooled, *self._captured], dim=1)
+        self._captured = []
+        return out
+
+    def widths(self, x: torch.Tensor) -> list[int]:
+        self._captured = []
+        widths = [pool(self.backbone.forward_features(x)).shape[1]]
+        widths += [t.shape[1] for t in self._captured]
+        self._captured = []
+        return widths
+
+
+def batches(
+    images: torch.Tensor, start: int, stop: int, batch: int, fn: Preprocess, workers: int | None
+) -> Iterator[torch.Tensor]:
+    """Resized uint8 batches of rows ``start:stop``, prepared ahead while the model runs.
+
+    ``workers=None`` picks a background thread on CPU (resize ops release the GIL, and on two
+    cores extra processes cost more in copying than they save) and worker processes on CUDA.
+    """
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+    rows = _Rows(images, start, stop, batch, fn)
+    if workers == 0:
+        yield from _prefetch_in_thread(rows)
+        return
+    loader = DataLoader(
+        rows,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4,
+    )
+    yield from loader
+
+
+def _prefetch_in_thread(rows: _Rows, depth: int = 2) -> Iterator[torch.Tensor]:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(rows.__getitem__, i) for i in range(min(depth, len(rows)))]
+        for i in range(len(rows)):
+            batch = pending.pop(0).result()
+            if i + depth < len(rows):
+                pending.append(pool.submit(rows.__getitem__, i + depth))
+            yield batch

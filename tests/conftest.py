@@ -1,0 +1,81 @@
+"""Shared fixtures: one small real Fashion-MNIST config with every path under ``tmp_path``.
+
+Tests use tiny real data (a few hundred Fashion-MNIST images, 32 px inputs) and the real
+libraries; nothing under test is mocked.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from thawline.config import Config, config_from_dict
+from thawline.data.sources import DEBIAN_FASHION_MNIST
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def small_config(tmp: Path, **sections) -> Config:
+    """A config for ~20 images per class and split, 32 px inputs, paths under ``tmp``."""
+    raw = {
+        "paths": {"prepared": str(tmp / "prepared"), "features": str(tmp / "features")},
+        "prepare": {"limit_per_class": 20},
+        "extract": {"image_size": 32, "batch_size": 32},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(name, {}).update(values)
+        else:
+            raw[name] = values
+    return config_from_dict(raw)
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    return small_config(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def prepared_small(tmp_path_factory) -> Config:
+    """One prepared store shared by tests that only read it."""
+    from thawline.stages import prepare
+
+    tmp = tmp_path_factory.mktemp("shared")
+    config = small_config(tmp)
+    prepare.run(config, progress=False)
+    return config
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_arrays() -> tuple:
+    """The first 200 training images and labels of Fashion-MNIST, as numpy arrays."""
+    from thawline.data.sources import read_idx
+
+    images = read_idx(DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz")[:200]
+    labels = read_idx(DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz")[:200]
+    return images, labels
+
+
+@pytest.fixture
+def torchvision_fashion_root(tmp_path: Path) -> Path:
+    """Debian's Fashion-MNIST files laid out as torchvision expects (root/FashionMNIST/raw)."""
+    raw = tmp_path / "tv" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in DEBIAN_FASHION_MNIST.glob("*.gz"):
+        shutil.copy(gz, raw / gz.name)
+        with gzip.open(gz) as src, open(raw / gz.stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return tmp_path / "tv"
