@@ -247,7 +247,7 @@ def _one_line(err: ValidationError) -> str:
         allowed = ", ".join(section.model_fields) if section else "?"
         return f"unknown key '{key}'; allowed here: {allowed}"
     msg = first["msg"].removeprefix("Value error, ")
-    if msg.startswith(f"{key}:") or (key == "" or msg.split(":")[0].count(".")):
+    if "." in msg.split(":", 1)[0]:  # our validators already start with the key they check
         return msg
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"

@@ -60,6 +60,8 @@ def test_timm_interface_groups_and_hooks(lite0):
         ("mobilenet_v3_small", 1024, 14, None),
         ("densenet121", 1024, 5, None),
         ("vgg11", 4096, 6, None),
+        ("efficientnet_b0", 1280, 9, None),
+        ("convnext_tiny", 768, 9, None),
     ],
 )
 def test_torchvision_adapters(name, width, n_groups, hooks):
@@ -106,3 +108,14 @@ def test_torchvision_imagenet_weights_offline_fail_fast(monkeypatch, tmp_path):
     monkeypatch.setattr("thawline.models.backbone.hub_reachable", lambda host: False)
     with pytest.raises(WeightsError, match="download.pytorch.org is unreachable"):
         create_backbone(BackboneConfig(name="torchvision:resnet18", weights="imagenet"))
+
+
+def test_torchvision_vit_groups_are_patch_embedding_then_encoder_blocks():
+    backbone = create_backbone(BackboneConfig(name="torchvision:vit_b_16", weights="none"))
+    groups = backbone.layer_groups()
+    stem = ["class_token", "conv_proj.weight", "conv_proj.bias", "encoder.pos_embedding"]
+    assert groups[0] == stem
+    assert len(groups) == 14 and groups[-1] == ["encoder.ln.weight", "encoder.ln.bias"]
+    assert backbone.feature_layers()[0] == "encoder.layers.encoder_layer_0"
+    with torch.no_grad():
+        assert backbone.eval().forward_features(torch.zeros(1, 3, 224, 224)).shape == (1, 768)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, small_config
+from thawline.config import ConfigError
 from thawline.data.store import load_split
 from thawline.features.cache import CacheError, load_features, read_cache_manifest
 from thawline.stages import extract
@@ -88,7 +89,7 @@ def test_torchvision_resnet_feature_pyramid(prepared_small, tmp_path):
 
 def test_unknown_hook_layer_is_a_clear_error(prepared_small, tmp_path):
     cfg = with_paths(prepared_small, tmp_path, layers=["blocks.99"])
-    with pytest.raises(ValueError, match=r"extract.layers: \['blocks.99'\] are not modules"):
+    with pytest.raises(ConfigError, match=r"extract.layers: \['blocks.99'\] are not modules"):
         extract.run(cfg, progress=False)
 
 
@@ -142,3 +143,15 @@ def test_kill_during_extraction_never_leaves_a_loadable_partial_shard(prepared_s
     assert not list(features.glob(".*.tmp"))
     for split in ("train", "val", "test"):
         load_features(features, split)
+
+
+@pytest.mark.gpu
+def test_cuda_extraction_agrees_with_cpu(prepared_small, tmp_path):
+    cpu_cfg = with_paths(prepared_small, tmp_path / "cpu", precision="fp32")
+    cpu = extract.run(cpu_cfg, progress=False)
+    gpu = extract.run(with_paths(prepared_small, tmp_path / "gpu", device="cuda"), progress=False)
+    assert gpu.info["num_features"] == cpu.info["num_features"]
+    fc, _ = load_features(tmp_path / "cpu" / "features", "test")
+    fg, _ = load_features(tmp_path / "gpu" / "features", "test")
+    cosine = torch.nn.functional.cosine_similarity(fc.float(), fg.float()).mean()
+    assert cosine > 0.98

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from thawline.config import ConfigError
 from thawline.models.backbone import Backbone
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class _Rows(Dataset):
 
 def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("extract.device: 'cuda' requested but no CUDA device is available")
+        raise ConfigError("extract.device: 'cuda' requested but no CUDA device is available")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -147,7 +148,7 @@ class FeatureExtractor:
         modules = dict(backbone.model.named_modules())
         unknown = [name for name in layers if name not in modules]
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"extract.layers: {unknown} are not modules of {backbone.name}; "
                 f"hookable stages: {backbone.feature_layers()}"
             )
