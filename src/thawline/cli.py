@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import sys
@@ -20,6 +21,9 @@ from thawline.config import ConfigError, dump_config, load_config
 STAGES = {
     "prepare": "decode, split and hash the data source into a uint8 store (paths.prepared)",
     "extract": "run the frozen backbone once and cache its features (paths.features)",
+    "train_head": "train the classifier head on the cached features (paths.head)",
+    "evaluate": "metrics, plots and predictions on the pinned test split (paths.evaluation)",
+    "register": "log the complete model to MLflow; move 'champion' only through the gate",
 }
 # Errors whose message already says what is wrong and what to do: no traceback for these.
 USER_ERRORS = (
@@ -29,6 +33,10 @@ USER_ERRORS = (
     "StoreError",
     "CacheError",
     "WeightsError",
+    "NonFiniteLossError",
+    "EvaluationError",
+    "RegistryError",
+    "MlflowException",
 )
 
 
@@ -63,31 +71,69 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("name", choices=list(STAGES), help="the stage to run")
     stage.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub.add_parser("config", parents=[common], help="print the validated config as JSON")
+    sub.add_parser(
+        "report", parents=[common], help="write the HTML report of the latest run (paths.report)"
+    )
+    from thawline.predict import add_predict_arguments
+
+    add_predict_arguments(
+        sub.add_parser(
+            "predict",
+            help="top-k labels for images or folders from a registered or saved model",
+            description="Predict with a model, e.g. "
+            "thawline predict --model models:/thawline@champion photo.jpg folder/",
+        )
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    what = getattr(args, "name", args.command)
     try:
+        if args.command == "predict":
+            from thawline.predict import main_predict
+
+            return main_predict(args)
         cfg = load_config(args.params, args.overrides)
         if args.command == "config":
             print(json.dumps(dump_config(cfg), indent=2))
             return 0
-        module = importlib.import_module(f"thawline.stages.{args.name}")
-        started = time.perf_counter()
-        result = module.run(cfg, progress=not args.quiet and sys.stderr.isatty())
+        if args.command == "report":
+            from thawline.reporting.html import write_report
+
+            print(f"thawline: report written to {write_report(cfg)}", file=sys.stderr)
+            return 0
+        return run_stage(cfg, args.name, progress=not args.quiet and sys.stderr.isatty())
     except ConfigError as err:
         print(f"thawline: config error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
         if type(err).__name__ not in USER_ERRORS:
             raise
-        print(f"thawline: {args.name} failed: {err}", file=sys.stderr)
+        print(f"thawline: {what} failed: {err}", file=sys.stderr)
         return 1
+
+
+def run_stage(cfg, name: str, progress: bool) -> int:
+    """Run one stage inside its MLflow run; epoch metrics reach MLflow through callbacks."""
+    from thawline.tracking import stage_run
+
+    module = importlib.import_module(f"thawline.stages.{name}")
+    accepted = inspect.signature(module.run).parameters
+    started = time.perf_counter()
+    with stage_run(cfg, name) as tracker:
+        callbacks = {
+            "on_epoch_end": tracker.log_epoch,
+            "on_candidate": getattr(tracker, "log_candidate", None),
+        }
+        kwargs = {k: v for k, v in callbacks.items() if k in accepted and v is not None}
+        result = module.run(cfg, progress=progress, **kwargs)
+        tracker.log_result(result)
     seconds = time.perf_counter() - started
     metrics = ", ".join(f"{k}={v:g}" for k, v in result.metrics.items())
-    print(f"thawline: {args.name} done in {seconds:.1f}s ({metrics})", file=sys.stderr)
+    print(f"thawline: {name} done in {seconds:.1f}s ({metrics})", file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,6 +28,11 @@ class Paths(Section):
 
     prepared: Path = Path("data/prepared")
     features: Path = Path("data/features")
+    head: Path = Path("models/head")  # head.safetensors, head.json, history.json
+    model: Path = Path("models/model")  # the complete model (backbone + head) that is registered
+    evaluation: Path = Path("reports/evaluation")  # metrics.json, plot data, PNGs, predictions
+    registration: Path = Path("reports/registration.json")  # the register stage's decision
+    report: Path = Path("reports/report.html")
 
 
 class Data(Section):
@@ -142,6 +147,63 @@ class Extract(Section):
     num_workers: int | None = Field(default=None, ge=0)
 
 
+class HeadSweep(Section):
+    """A small grid trained from the same cache; the best by validation accuracy is kept."""
+
+    enabled: bool = False
+    lr: list[Annotated[float, Field(gt=0)]] = Field(default=[3e-4, 1e-3, 3e-3], min_length=1)
+    weight_decay: list[Annotated[float, Field(ge=0)]] = Field(default=[0.0, 1e-4], min_length=1)
+    type: list[Literal["linear", "mlp"]] = Field(default=["linear", "mlp"], min_length=1)
+
+
+class Head(Section):
+    """The classifier head trained on cached features (``train_head``)."""
+
+    type: Literal["linear", "mlp"] = "linear"
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[512], min_length=1)  # mlp only
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    epochs: int = Field(default=30, gt=0)
+    batch_size: int = Field(default=512, gt=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    # cosine: warm-up then cosine decay (one-cycle shape); constant: the tutorials' fixed LR.
+    schedule: Literal["cosine", "constant"] = "cosine"
+    # balanced: weight the loss by inverse class frequency (imbalanced data, e.g. X-rays).
+    class_weights: Literal["none", "balanced"] = "none"
+    patience: int = Field(default=5, ge=0)  # epochs without val improvement; 0 = never stop early
+    sweep: HeadSweep = HeadSweep()
+
+
+class Evaluate(Section):
+    """Evaluation of the current model on a pinned split."""
+
+    split: Literal["test", "val"] = "test"
+    calibration_bins: int = Field(default=15, gt=1, le=100)
+    gallery_size: int = Field(default=16, ge=0, le=100)  # top-loss images in the gallery PNG
+    confused_top: int = Field(default=10, ge=1)  # rows in the "most confused" table
+
+
+class Tracking(Section):
+    """MLflow tracking. The store defaults to MLflow 3's own: SQLite beside the repo."""
+
+    enabled: bool = True
+    # null: $MLFLOW_TRACKING_URI when set, else sqlite:///mlflow.db
+    uri: str | None = None
+    artifacts: Path = Path("mlruns")  # artifact root for new experiments on a local store
+    experiment: str = Field(default="thawline", min_length=1)
+
+
+class Registry(Section):
+    """Model registry and the champion gate (the ``register`` stage)."""
+
+    model_name: str = Field(default="thawline", min_length=1)
+    # The challenger must beat the champion's accuracy by at least this (absolute)...
+    margin: float = Field(default=0.0, ge=0, lt=1)
+    # ...and a paired McNemar test on the same pinned split must reject equality at this level.
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+
 class Config(Section):
     """The whole of ``params.yaml``."""
 
@@ -151,6 +213,10 @@ class Config(Section):
     prepare: Prepare = Prepare()
     backbone: Backbone = Backbone()
     extract: Extract = Extract()
+    head: Head = Head()
+    evaluate: Evaluate = Evaluate()
+    tracking: Tracking = Tracking()
+    registry: Registry = Registry()
 
 
 def _check_backbone_name(name: str) -> None:

@@ -13,61 +13,15 @@ import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from thawline.config import ConfigError
 from thawline.models.backbone import Backbone
+from thawline.models.preprocess import PooledFeatures, Preprocess
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """timm's eval transform (resize to size/crop_pct, centre crop, normalise) on uint8 batches."""
-
-    size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_backbone(cls, backbone: Backbone, size: int | None, crop_pct: float | None):
-        cfg = backbone.data_config
-        return cls(
-            size=size or int(cfg["input_size"][-1]),
-            crop_pct=crop_pct or float(cfg.get("crop_pct") or 1.0),
-            interpolation=str(cfg.get("interpolation", "bilinear")),
-            mean=tuple(float(m) for m in cfg["mean"]),
-            std=tuple(float(s) for s in cfg["std"]),
-        )
-
-    def resize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]`` to uint8 ``[B, 3, size, size]``: resize, then centre crop.
-
-        Runs in DataLoader workers; staying in uint8 (as PIL does) moves 4x fewer bytes
-        between processes than float.
-        """
-        scale = math.floor(self.size / self.crop_pct)
-        mode = InterpolationMode(self.interpolation)
-        x = TF.resize(images, [scale, scale], interpolation=mode, antialias=True)
-        return TF.center_crop(x, [self.size, self.size])
-
-    def normalize(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """uint8 to normalised ``dtype`` (on whatever device the batch is)."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255
-        return ((images.float() - mean) / std).to(dtype)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 ``[B, 3, H, W]`` to the normalised float input of the model."""
-        return self.normalize(self.resize(images))
 
 
 class _Rows(Dataset):
@@ -117,17 +71,6 @@ def compute_mode(device: torch.device, amp: torch.dtype | None, jit: bool) -> st
     return f"autocast-{str(amp).removeprefix('torch.')}" if amp else "float32"
 
 
-def pool(output: torch.Tensor) -> torch.Tensor:
-    """Global-average-pool a hooked output: NCHW maps, [B, tokens, D] sequences, or vectors."""
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    if output.ndim == 4:
-        return output.mean(dim=(2, 3))
-    if output.ndim == 3:
-        return output.mean(dim=1)
-    return output.flatten(1)
-
-
 class FeatureExtractor:
     """Pooled pre-logits plus pooled hooked layers, concatenated, from one forward pass.
 
@@ -153,7 +96,7 @@ class FeatureExtractor:
                 f"hookable stages: {backbone.feature_layers()}"
             )
         self.device, self.amp, self.layers, self.preprocess = device, amp, layers, preprocess
-        self.net = _PooledFeatures(backbone, layers).eval().requires_grad_(False).to(device)
+        self.net = PooledFeatures(backbone, layers).eval().requires_grad_(False).to(device)
         self.net = self.net.to(memory_format=torch.channels_last)
         self.input_dtype = torch.float32
         self._traced: torch.jit.ScriptModule | None = None
@@ -201,39 +144,6 @@ class FeatureExtractor:
         size = self.preprocess.size
         with torch.inference_mode():
             return self.net.widths(torch.zeros(1, 3, size, size, device=self.device))
-
-
-class _PooledFeatures(nn.Module):
-    """Returns ``cat([pooled pre-logits, pooled hooked layers...])``.
-
-    The hooks pool inside the forward pass, so TorchScript tracing records them too.
-    """
-
-    def __init__(self, backbone: Backbone, layers: list[str]):
-        super().__init__()
-        self.backbone = backbone
-        self.layers = layers
-        self._captured: list[torch.Tensor] = []
-        modules = dict(backbone.model.named_modules())
-        for name in layers:
-            modules[name].register_forward_hook(self._capture)
-
-    def _capture(self, _module: nn.Module, _inputs, output) -> None:
-        self._captured.append(pool(output))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._captured = []
-        pooled = pool(self.backbone.forward_features(x))
-        out = torch.cat([pooled, *self._captured], dim=1)
-        self._captured = []
-        return out
-
-    def widths(self, x: torch.Tensor) -> list[int]:
-        self._captured = []
-        widths = [pool(self.backbone.forward_features(x)).shape[1]]
-        widths += [t.shape[1] for t in self._captured]
-        self._captured = []
-        return widths
 
 
 def batches(

@@ -1,0 +1,135 @@
+"""``thawline predict``: top-k labels for image files and folders from a registered model.
+
+thawline predict --model models:/thawline@champion photo.jpg folder/ --top-k 3 --csv out.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thawline.data.images import BadImageError, is_image_file
+from thawline.files import atomic_path
+
+DEFAULT_MODEL = "models:/thawline@champion"
+CHUNK = 64  # images decoded and classified at a time, so a big folder needs little memory
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Files as given, and the image files inside folders (recursively, hidden ones skipped).
+
+    Raises:
+        BadImageError: A path that does not exist.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            found += [p for p in inside if not _hidden(p.relative_to(path))]
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise BadImageError(f"{path}: no such file or folder")
+    return found
+
+
+def predict_paths(
+    model_uri: str, paths: list[Path], top_k: int = 3, tracking_uri: str | None = None
+) -> list[dict[str, Any]]:
+    """Classify image files (folders expand to their images).
+
+    Args:
+        model_uri: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, an MLflow model
+            folder, or a saved thawline model folder (``paths.model``).
+        paths: Image files and folders.
+        top_k: How many labels to return per image.
+        tracking_uri: The MLflow store for ``models:/`` URIs (default: ``$MLFLOW_TRACKING_URI``,
+            else ``sqlite:///mlflow.db``).
+
+    Returns:
+        One dict per image: ``path``, ``label``, ``probability`` and ``top`` (``top_k`` pairs
+        of label and probability, best first).
+
+    Raises:
+        BadImageError: A path that does not exist.
+        MlflowException: An image that cannot be decoded (the message names the file).
+        RegistryError: An alias that does not exist; never falls back to another version.
+    """
+    from thawline.tracking import load_model  # mlflow loads only when predicting
+
+    files = image_files(paths)
+    model = load_model(model_uri, tracking_uri)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(files), CHUNK):
+        chunk = files[start : start + CHUNK]
+        table = model.predict([str(f) for f in chunk])
+        for file, probs in zip(chunk, table["probabilities"], strict=True):
+            rows.append(_row(file, np.asarray(probs, dtype=float), model.classes, top_k))
+    return rows
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``thawline predict``."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"registered model URI or model folder (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--top-k", type=_positive, default=3, help="labels per image (default: 3)")
+    parser.add_argument("--csv", type=Path, metavar="OUT", help="also write path,rank,label,"
+                        "probability rows to this CSV file")  # fmt: skip
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store holding the model (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db)",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders")
+    return parser
+
+
+def main_predict(args: argparse.Namespace) -> int:
+    """Print the top-k labels per image (and write the CSV); returns the exit status."""
+    rows = predict_paths(args.model, args.paths, args.top_k, getattr(args, "tracking_uri", None))
+    if not rows:
+        print("thawline: no image files found", file=sys.stderr)
+        return 1
+    width = max(len(str(row["path"])) for row in rows)
+    for row in rows:
+        ranked = ", ".join(f"{label} {p:.3f}" for label, p in row["top"])
+        print(f"{row['path']!s:<{width}}  {ranked}")
+    if args.csv is not None:
+        write_csv(args.csv, rows)
+        print(f"thawline: wrote {len(rows)} predictions to {args.csv}", file=sys.stderr)
+    return 0
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One line per image and rank: ``path,rank,label,probability``."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "rank", "label", "probability"])
+        for row in rows:
+            for rank, (label, p) in enumerate(row["top"], start=1):
+                writer.writerow([row["path"], rank, label, f"{p:.6f}"])
+
+
+def _row(file: Path, probs: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    top = [(classes[i], float(probs[i])) for i in order]
+    return {"path": str(file), "label": top[0][0], "probability": top[0][1], "top": top}
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

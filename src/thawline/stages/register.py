@@ -1,0 +1,222 @@
+"""``register``: log the complete model to MLflow; ``champion`` moves only through the gate.
+
+Builds the model the head was trained for: the configured backbone and weights, the layers
+hooked at extraction, and the exact preprocessing recorded in the feature manifest. Saves it to
+``paths.model`` (safetensors + JSON), registers it as a new version with the alias ``challenger``,
+then pairs its evaluated predictions with the champion's (McNemar on the same pinned split) and
+moves ``champion`` only if the challenger wins. The decision goes to ``paths.registration``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from thawline.config import Config
+from thawline.data.store import load_split, read_manifest
+from thawline.evaluation import EvaluationError
+from thawline.evaluation.gate import Decision, champion_gate
+from thawline.evaluation.predictions import PREDICTIONS, SavedPredictions, load_predictions
+from thawline.features.cache import CacheError, read_cache_manifest
+from thawline.files import write_json
+from thawline.models.backbone import weights_sha256
+from thawline.models.classifier import Classifier, build_classifier, save_classifier
+from thawline.models.head import load_head
+from thawline.models.preprocess import Preprocess
+from thawline.stages import StageResult
+from thawline.tracking import stage_run
+from thawline.tracking.registry import (
+    Registered,
+    aliases,
+    apply_decision,
+    current_champion,
+    download_predictions,
+    gate_lock,
+    log_and_register,
+)
+from thawline.tracking.runs import Tracker
+from thawline.tracking.store import Store
+
+log = logging.getLogger(__name__)
+EXAMPLES = 2  # test images in the model's input example
+
+
+def run(cfg: Config, *, progress: bool = True) -> StageResult:
+    """Save, register and gate the current model.
+
+    Args:
+        cfg: The config; reads ``paths``, ``backbone``, ``tracking`` and ``registry``.
+        progress: Accepted like every stage's; there is no long loop to show.
+
+    Raises:
+        CacheError: The head, features, backbone weights or preprocessing do not belong together.
+        EvaluationError: No evaluation of this data (run ``evaluate`` first), or a stale one.
+        RegistryError: The champion alias is gone (its version was deleted): never guessed.
+    """
+    evaluated = evaluated_predictions(cfg)
+    model_dir = save_classifier(build_model(cfg), cfg.paths.model)
+    if cfg.tracking.enabled:
+        with stage_run(cfg, "register") as tracker:
+            record = register_and_gate(cfg, tracker, model_dir, evaluated)
+    else:
+        reason = f"tracking.enabled is false: the model is saved in {model_dir}, not registered"
+        record = {"registered": False, "reason": reason}
+    write_json(cfg.paths.registration, record)
+    decision = record.get("decision") or {}
+    log.info("register: %s", decision.get("reason", record.get("reason")))
+    metrics = {
+        "version": float(record.get("version", 0)),
+        "promoted": float(bool(decision.get("promote"))),
+    }
+    metrics |= {
+        k: float(decision[k]) for k in ("p_value", "difference") if decision.get(k) is not None
+    }
+    return StageResult(
+        outputs={"model": model_dir, "registration": cfg.paths.registration},
+        metrics=metrics,
+        info=record,
+    )
+
+
+def build_model(cfg: Config) -> Classifier:
+    """The complete classifier for the trained head, checked against the feature cache."""
+    cache = read_cache_manifest(cfg.paths.features)
+    parts = cache["fingerprint_parts"]
+    prepared = read_manifest(cfg.paths.prepared)
+    head, meta = load_head(cfg.paths.head)
+    _check_head(cfg, cache, prepared, head.spec(), meta)
+    recorded = {k: tuple(v) if isinstance(v, list) else v for k, v in parts["transform"].items()}
+    layers = [part["name"] for part in cache["layout"]][1:]  # after pre_logits: hooked layers
+    model = build_classifier(
+        cfg.backbone.name, cfg.backbone.weights, layers, Preprocess(**recorded), head,
+        cache["classes"], int(prepared["image_size"]),
+    )  # fmt: skip
+    backbone = model.features.backbone
+    if weights_sha256(backbone) != parts["weights_sha256"]:
+        raise CacheError(
+            f"{cfg.paths.features}: the features come from other {cfg.backbone.name} weights than "
+            f"backbone.weights={cfg.backbone.weights}; rerun extract and train_head"
+        )
+    configured = Preprocess.from_backbone(backbone, cfg.extract.image_size, cfg.extract.crop_pct)
+    if configured != model.preprocess:
+        raise CacheError(
+            f"{cfg.paths.features}: extracted with preprocessing {model.preprocess.spec()}, but "
+            f"the config now gives {configured.spec()}; rerun extract and train_head"
+        )
+    return model.eval()
+
+
+def evaluated_predictions(cfg: Config) -> SavedPredictions:
+    """The evaluation's per-image predictions, checked to be of the current prepared split."""
+    path = cfg.paths.evaluation / PREDICTIONS
+    saved = load_predictions(path)
+    splits = read_manifest(cfg.paths.prepared)["splits"]
+    split = saved.meta["split"]
+    if split not in splits or splits[split]["fingerprint"] != saved.meta["split_fingerprint"]:
+        raise EvaluationError(
+            f"{path}: evaluated on another '{split}' split than {cfg.paths.prepared} holds; "
+            "rerun 'thawline stage evaluate'"
+        )
+    return saved
+
+
+def register_and_gate(
+    cfg: Config, tracker: Tracker, model_dir: Path, evaluated: SavedPredictions
+) -> dict[str, Any]:
+    """Register (or reuse) the version, run the gate once for it, and describe the outcome."""
+    name = cfg.registry.model_name
+    predictions = cfg.paths.evaluation / PREDICTIONS
+    registered = log_and_register(tracker, name, model_dir, predictions, example_images(cfg))
+    client = tracker.store.client
+    with gate_lock(tracker.store):
+        decision = registered.decision
+        if decision is None:  # a retried registration keeps the decision it already has
+            decision = decide(cfg, tracker.store, registered, evaluated)
+            registered = apply_decision(client, registered, decision)
+        current = aliases(client, name)
+    tracker.set_tags({"thawline.registered_version": registered.version})
+    return {
+        "registered": True,
+        "model_name": name,
+        "version": registered.version,
+        "model_uri": registered.uri,
+        "run_id": registered.run_id,
+        "reused": registered.reused,
+        "aliases": current,
+        "decision": decision,
+    }
+
+
+def decide(
+    cfg: Config, store: Store, registered: Registered, ours: SavedPredictions
+) -> dict[str, Any]:
+    """The gate for ``registered`` against the current champion, as a JSON-able record."""
+    margin, alpha = cfg.registry.margin, cfg.registry.alpha
+    accuracy = float(ours.correct.mean())
+    champion = current_champion(store.client, registered.name)
+    if champion is None:
+        decision = champion_gate(ours.correct, None, margin, alpha, same_split=True)
+    elif champion.version == registered.version:
+        reason = f"version {champion.version} is already champion (a repeated registration)"
+        decision = Decision(True, reason, accuracy, **_limits(cfg))
+    else:
+        with tempfile.TemporaryDirectory(prefix="thawline-champion-") as tmp:
+            path = download_predictions(store, champion, Path(tmp))
+            theirs = load_predictions(path) if path is not None else None
+        if theirs is None:
+            reason = f"champion version {champion.version} has no logged predictions to pair with"
+            decision = Decision(False, reason + "; champion stays", accuracy, **_limits(cfg))
+        else:
+            same = theirs.meta["split_fingerprint"] == ours.meta["split_fingerprint"]
+            decision = champion_gate(ours.correct, theirs.correct, margin, alpha, same)
+    return decision.as_dict() | {
+        "champion_version": champion.version if champion else None,
+        "split": ours.meta["split"],
+        "split_fingerprint": ours.meta["split_fingerprint"],
+    }
+
+
+def example_images(cfg: Config, count: int = EXAMPLES) -> list[bytes]:
+    """The first test images as PNG files: the registered model's input example."""
+    manifest = read_manifest(cfg.paths.prepared)
+    split = "test" if "test" in manifest["splits"] else next(iter(manifest["splits"]))
+    images = load_split(cfg.paths.prepared, split).images[:count]
+    return [png_bytes(image) for image in images]
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """A uint8 ``[3, H, W]`` tensor as a PNG file."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _check_head(cfg: Config, cache: dict, prepared: dict, spec: dict, meta: dict) -> None:
+    problems = []
+    if cache["fingerprint_parts"]["data"] != prepared["fingerprint"]:
+        problems.append(f"the features in {cfg.paths.features} are of other prepared data")
+    if cache["fingerprint_parts"]["backbone"] != cfg.backbone.name:
+        problems.append(f"the features come from {cache['fingerprint_parts']['backbone']}")
+    if meta.get("feature_fingerprint", cache["fingerprint"]) != cache["fingerprint"]:
+        problems.append(f"the head in {cfg.paths.head} was trained on other features")
+    if spec["in_features"] != cache["num_features"]:
+        problems.append(
+            f"the head takes {spec['in_features']} features, not {cache['num_features']}"
+        )
+    if spec["num_classes"] != len(cache["classes"]):
+        problems.append(f"the head predicts {spec['num_classes']} classes")
+    if problems:
+        raise CacheError(
+            f"register: {'; '.join(problems)}; rerun the pipeline from the first stale stage "
+            "(dvc repro does)"
+        )
+
+
+def _limits(cfg: Config) -> dict[str, float]:
+    return {"margin": cfg.registry.margin, "alpha": cfg.registry.alpha}

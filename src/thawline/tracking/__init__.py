@@ -1,0 +1,21 @@
+"""MLflow tracking and registry: the only package in thawline that imports mlflow.
+
+``stage_run`` gives each stage a run (nested under the pipeline's parent run), ``registry``
+logs, registers and gates models, ``pyfunc`` is the served model, and ``load_model`` loads a
+registered or saved model for ``thawline predict``.
+"""
+
+from thawline.tracking.loading import Predictor, load_model
+from thawline.tracking.runs import NullTracker, Tracker, pipeline_run, stage_run
+from thawline.tracking.store import RegistryError, tracking_uri
+
+__all__ = [
+    "NullTracker",
+    "Predictor",
+    "RegistryError",
+    "Tracker",
+    "load_model",
+    "pipeline_run",
+    "stage_run",
+    "tracking_uri",
+]

@@ -1,0 +1,98 @@
+"""Loading a model for prediction: a registry alias or version, a run, or a model folder.
+
+An alias resolves to its version number first, so a missing alias is an error that says what
+happened; nothing ever falls back to the latest version.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow import MlflowClient
+
+from thawline.models.classifier import SPEC, WEIGHTS, load_classifier
+from thawline.tracking.pyfunc import classify
+from thawline.tracking.registry import (
+    CHAMPION,
+    alias_version,
+    dangling_alias_message,
+    recorded_champion,
+)
+from thawline.tracking.store import RegistryError, client_for, sqlite_path
+from thawline.tracking.store import tracking_uri as default_tracking_uri
+
+
+@dataclass
+class Predictor:
+    """A loaded model: ``predict(values)`` takes a list of images in any accepted form."""
+
+    classes: list[str]
+    source: str
+    predict_fn: Callable[[list[Any]], pd.DataFrame]
+
+    def predict(self, values: list[Any]) -> pd.DataFrame:
+        """``label``, ``probability`` and ``probabilities`` (class order) per image."""
+        return self.predict_fn(values)
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
+    """Load a model for prediction.
+
+    Args:
+        uri: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/...``, an MLflow
+            model folder, or a thawline model folder (``model.json`` + ``model.safetensors``).
+        tracking_uri: The store for ``models:/`` and ``runs:/`` URIs (default: as
+            :func:`thawline.tracking.store.tracking_uri`).
+
+    Raises:
+        RegistryError: The alias does not exist (e.g. its version was deleted); never falls
+            back to another version.
+    """
+    folder = Path(uri).expanduser()
+    if (folder / SPEC).is_file() and (folder / WEIGHTS).is_file():
+        model = load_classifier(folder)
+        return Predictor(model.classes, str(folder), lambda values: classify(model, values))
+    resolved = uri
+    if uri.startswith(("models:/", "runs:/")):
+        store = tracking_uri or default_tracking_uri()
+        database = sqlite_path(store)
+        if database is not None and not database.is_file():  # never create an empty store
+            raise RegistryError(
+                f"{uri}: there is no MLflow store at {database}; run the pipeline first, or point "
+                "MLFLOW_TRACKING_URI (or --tracking-uri) at the store that holds the model"
+            )
+        resolved = _resolve_alias(client_for(store), uri)
+    pyfunc = mlflow.pyfunc.load_model(resolved)
+    classes = (pyfunc.metadata.metadata or {}).get("thawline", {}).get("classes")
+    if not classes:
+        raise RegistryError(f"{uri}: not a thawline model (its MLmodel has no class list)")
+
+    def predict(values: list[Any]) -> pd.DataFrame:
+        return pyfunc.predict(pd.DataFrame({"image": values}))
+
+    return Predictor(list(classes), resolved, predict)
+
+
+def _resolve_alias(client: MlflowClient, uri: str) -> str:
+    """``models:/name@alias`` to ``models:/name/<version>``, refusing a missing alias."""
+    match = re.fullmatch(r"models:/([^/@]+)@([^/]+)", uri)
+    if not match:
+        return uri
+    name, alias = match.groups()
+    number = alias_version(client, name, alias)
+    if number is None:
+        recorded = recorded_champion(client, name) if alias == CHAMPION else None
+        if recorded:
+            raise RegistryError(dangling_alias_message(client, name, alias, recorded))
+        raise RegistryError(
+            f"{uri}: no registered model '{name}' with an alias '{alias}' in "
+            f"{client.tracking_uri}; run the register stage, or point MLFLOW_TRACKING_URI "
+            "(or --tracking-uri) at the store that holds it"
+        )
+    return f"models:/{name}/{number}"

@@ -1,0 +1,173 @@
+"""The registered model's pyfunc: images in, labels and probabilities out.
+
+The weights stay as ``model.safetensors`` + ``model.json`` (a thawline model folder) among the
+MLflow model's artifacts; :class:`ThawlineModel` rebuilds the classifier from them in
+``load_context``. MLflow cloudpickles the ``ThawlineModel`` instance itself, which is why it holds
+no state before ``load_context``: no tensor ever goes through pickle.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+
+from thawline.data.images import BadImageError, decode_image, square_uint8
+from thawline.models.classifier import Classifier, load_classifier
+
+MAX_PIXELS = 50_000_000  # as prepare.max_pixels: larger inputs are refused before decoding
+MAX_FILE_BYTES = 256 << 20
+BATCH = 64
+INPUT_FORMATS = (
+    "column 'image': per row, image file bytes, base64 of them (optionally a data: URL), "
+    "a file path (not when served), or an H x W x 3 / H x W uint8 array or nested list"
+)
+
+
+class ThawlineModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of a thawline :class:`Classifier` (artifact ``model``: its folder)."""
+
+    def load_context(self, context: Any) -> None:
+        self._model = load_classifier(Path(context.artifacts["model"]))
+
+    # A DataFrame hint keeps MLflow's signature-based parsing (other hints replace it).
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None):
+        """Classify images.
+
+        Args:
+            context: MLflow's context (unused after ``load_context``).
+            model_input: A DataFrame with an ``image`` column (see ``INPUT_FORMATS``), or a
+                list of such values.
+            params: Unused.
+
+        Returns:
+            A DataFrame with ``label``, ``probability`` and ``probabilities`` (class order).
+
+        Raises:
+            MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served) naming the row.
+        """
+        return classify(self._model, image_column(model_input))
+
+
+def classify(model: Classifier, values: list[Any]) -> pd.DataFrame:
+    """Decode every value, then run the classifier in batches."""
+    allow_paths = not _MLFLOW_IS_IN_SERVING_ENVIRONMENT.get()
+    images = [to_image_tensor(v, model.image_size, i, allow_paths) for i, v in enumerate(values)]
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), BATCH):
+            batch = torch.stack(images[start : start + BATCH])
+            # Resize, crop and normalise exactly once, as extraction did; given a float batch,
+            # the classifier runs only the network.
+            logits = model(model.preprocess(batch))
+            probs.append(torch.softmax(logits.float(), dim=1))
+    table = torch.cat(probs).numpy() if probs else np.zeros((0, len(model.classes)), np.float32)
+    best = table.argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "label": [model.classes[i] for i in best],
+            "probability": table[np.arange(len(best)), best].astype(float),
+            "probabilities": [row.astype(float).tolist() for row in table],
+        }
+    )
+
+
+def image_column(model_input: Any) -> list[Any]:
+    """The ``image`` values of a DataFrame (or a plain list / dict of lists)."""
+    if isinstance(model_input, pd.DataFrame):
+        if "image" not in model_input.columns:
+            raise invalid(f"expected a column 'image', got {list(model_input.columns)}")
+        return list(model_input["image"])
+    if isinstance(model_input, dict) and "image" in model_input:
+        return list(model_input["image"])
+    if isinstance(model_input, list):
+        return model_input
+    raise invalid(f"expected a DataFrame with an 'image' column, got {type(model_input).__name__}")
+
+
+def to_image_tensor(value: Any, size: int, row: int, allow_paths: bool = True) -> torch.Tensor:
+    """One input value to a uint8 ``[3, size, size]`` tensor, as the prepared store holds."""
+    try:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            image = decode_image(bytes(value), f"image {row}", MAX_PIXELS)
+        elif isinstance(value, str):
+            image = _image_from_string(value, row, allow_paths)
+        elif isinstance(value, (list, tuple, np.ndarray)):
+            image = pixel_array(value, row)
+        else:
+            raise invalid(f"image {row}: unsupported value of type {type(value).__name__}")
+    except BadImageError as err:
+        raise invalid(str(err)) from None
+    return square_uint8(image, size)
+
+
+def pixel_array(value: Any, row: int) -> np.ndarray:
+    """Validate an H x W x 3 or H x W array of 0..255 integers; return it as uint8."""
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        array = np.asarray(value, dtype=object)
+    where = f"image {row}: expected an H x W x 3 or H x W array of uint8 pixels"
+    if not np.issubdtype(array.dtype, np.integer):
+        raise invalid(f"{where}, got dtype {array.dtype} (ragged lists or non-integers)")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape:
+        raise invalid(f"{where}, got shape {tuple(array.shape)}")
+    if array.shape[0] * array.shape[1] > MAX_PIXELS:
+        raise invalid(f"image {row}: {array.shape[0]}x{array.shape[1]} pixels is too large")
+    if array.dtype != np.uint8 and (array.min() < 0 or array.max() > 255):
+        raise invalid(f"{where}, got values from {array.min()} to {array.max()}")
+    return array.astype(np.uint8, copy=False)
+
+
+def _image_from_string(value: str, row: int, allow_paths: bool):
+    if allow_paths and len(value) < 4096 and "\n" not in value:
+        path = Path(value).expanduser()
+        if path.is_file():
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise invalid(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
+            return decode_image(path.read_bytes(), str(path), MAX_PIXELS)
+    text = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        if allow_paths:
+            raise invalid(f"image {row}: neither an existing file nor base64 image bytes") from None
+        raise invalid(
+            f"image {row}: not base64 image bytes (a served model reads no files)"
+        ) from None
+    return decode_image(data, f"image {row}", MAX_PIXELS)
+
+
+def invalid(message: str) -> MlflowException:
+    """A bad-input error that MLflow's scoring server answers with HTTP 400."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def model_signature() -> ModelSignature:
+    """Input: one ``image`` column of any of the accepted forms; output: label + probabilities."""
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType(), "image")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "label"),
+                ColSpec("double", "probability"),
+                ColSpec(Array("double"), "probabilities"),
+            ]
+        ),
+    )
+
+
+def input_example(images: list[bytes]) -> pd.DataFrame:
+    """Encoded image files as the JSON-friendly form a served model receives: base64 strings."""
+    return pd.DataFrame({"image": [base64.b64encode(data).decode("ascii") for data in images]})

@@ -1,0 +1,250 @@
+"""The model registry: log the complete model, register versions, move aliases.
+
+Every registered version gets the alias ``challenger``; ``champion`` moves only through the gate
+(:func:`apply_decision`). thawline records the champion's version as a registered-model tag, so
+when the alias disappears (its version was deleted) it raises instead of falling back to the
+latest version. A version is identified by the sha256 of its weights and spec, so registering the
+same model again (a retried stage) reuses its version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from thawline.files import read_json
+from thawline.models.classifier import SPEC, WEIGHTS
+from thawline.tracking.provenance import flatten
+from thawline.tracking.pyfunc import input_example, model_signature
+from thawline.tracking.runs import Tracker
+from thawline.tracking.store import RegistryError, Store, store_lock, with_retry
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TAG_DIGEST = "thawline.model_sha256"
+TAG_DECISION = "thawline.gate"  # the whole decision as JSON; thawline.gate.<field> for the UI
+TAG_CHAMPION = "thawline.champion_version"  # on the registered model
+PREDICTIONS_DIR = "evaluation"
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+REQUIREMENTS = ("thawline", "mlflow", "torch", "torchvision", "timm", "safetensors", "pillow")
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registered model version, as thawline sees it."""
+
+    name: str
+    version: int
+    run_id: str
+    tags: dict[str, str]
+    reused: bool = False
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        """The gate decision recorded on this version, if the gate already ran for it."""
+        recorded = self.tags.get(TAG_DECISION)
+        return json.loads(recorded) if recorded else None
+
+
+def log_and_register(
+    tracker: Tracker, name: str, model_dir: Path, predictions: Path, examples: list[bytes]
+) -> Registered:
+    """Log a saved thawline model as an MLflow pyfunc model and register a new version.
+
+    The version gets the alias ``challenger``. The predictions file is logged with the run, so a
+    later gate can pair its rows with a newer challenger's.
+
+    Args:
+        tracker: The register stage's run.
+        name: The registered model's name.
+        model_dir: A folder written by ``save_classifier``.
+        predictions: The evaluated ``predictions.safetensors`` of this model.
+        examples: A few encoded image files for the input example.
+
+    Returns:
+        The new version, or the existing one for the same weights (``reused=True``).
+    """
+    client = tracker.store.client
+    digest = model_digest(model_dir)
+    if found := find_version(client, name, digest):  # a retry: the version exists already
+        with_retry(lambda: client.set_registered_model_alias(name, CHALLENGER, found.version))
+        return found
+    spec = read_json(model_dir / SPEC)
+    described = describe(spec)
+    tracker.set_tags({f"thawline.model.{k}": v for k, v in described.items()})
+    tracker.log_artifact(predictions, PREDICTIONS_DIR)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(MODEL_CODE),  # models from code: no pickle when loading
+        artifacts={"model": str(model_dir)},
+        signature=model_signature(),
+        input_example=input_example(examples),
+        pip_requirements=requirements(),
+        metadata={"thawline": {k: spec[k] for k in ("classes", "image_size", "preprocess")}},
+        params=described,
+    )
+    tags = {TAG_DIGEST: digest, **{f"thawline.{k}": v for k, v in described.items()}}
+    created = with_retry(lambda: mlflow.register_model(info.model_uri, name, tags=tags))
+    with_retry(lambda: client.set_registered_model_alias(name, CHALLENGER, created.version))
+    return _registered(created)
+
+
+def find_version(client: MlflowClient, name: str, digest: str) -> Registered | None:
+    """The version of ``name`` registered from the same weights, if any."""
+    query = f"name = '{_quote(name)}' and tags.`{TAG_DIGEST}` = '{digest}'"
+    found = with_retry(lambda: client.search_model_versions(query, order_by=["version_number"]))
+    if not found:
+        return None
+    mv = with_retry(lambda: client.get_model_version(name, found[0].version))
+    return _registered(mv, reused=True)
+
+
+def current_champion(client: MlflowClient, name: str) -> Registered | None:
+    """The version behind ``champion``; None only if thawline never named a champion.
+
+    Raises:
+        RegistryError: The alias is gone (its version was deleted, or the alias removed) although
+            thawline had set it: it never falls back to the latest version.
+    """
+    number = alias_version(client, name, CHAMPION)
+    if number is None:
+        if recorded := recorded_champion(client, name):
+            raise RegistryError(dangling_alias_message(client, name, CHAMPION, recorded))
+        return None
+    mv = with_retry(lambda: client.get_model_version(name, number))
+    return _registered(mv)
+
+
+@contextlib.contextmanager
+def gate_lock(store: Store) -> Iterator[None]:
+    """Hold while reading the champion, deciding and moving aliases (one gate at a time)."""
+    with store_lock(store.uri):
+        yield
+
+
+def download_predictions(store: Store, registered: Registered, folder: Path) -> Path | None:
+    """The predictions file logged with a version's run, or None when it has none."""
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=registered.run_id,
+            artifact_path=f"{PREDICTIONS_DIR}/predictions.safetensors",
+            dst_path=str(folder),
+            tracking_uri=store.uri,
+        )
+    except (MlflowException, OSError):
+        return None
+    return Path(local)
+
+
+def apply_decision(
+    client: MlflowClient, registered: Registered, decision: dict[str, Any]
+) -> Registered:
+    """Move ``champion`` if the decision promotes, then record the decision as version tags.
+
+    The alias moves before the tags are written: a run killed in between finds no recorded
+    decision on retry and decides again (now as the champion itself).
+    """
+    name, number = registered.name, str(registered.version)
+    if decision["promote"]:
+        with_retry(lambda: client.set_registered_model_alias(name, CHAMPION, number))
+        with_retry(lambda: client.set_registered_model_tag(name, TAG_CHAMPION, number))
+    tags = {f"{TAG_DECISION}.{k}": "" if v is None else str(v) for k, v in decision.items()}
+    tags[TAG_DECISION] = json.dumps(decision)
+    for key, value in tags.items():
+        with_retry(lambda k=key, v=value: client.set_model_version_tag(name, number, k, v))
+    return _registered(with_retry(lambda: client.get_model_version(name, number)))
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version an alias points at; None when the alias or the model does not exist."""
+    try:
+        model = with_retry(lambda: client.get_registered_model(name))
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return model.aliases.get(alias)
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, int]:
+    """Alias -> version of a registered model."""
+    model = with_retry(lambda: client.get_registered_model(name))
+    return {alias: int(number) for alias, number in model.aliases.items()}
+
+
+def model_digest(model_dir: Path) -> str:
+    """sha256 over the model's weights and spec: equal digests mean the same model."""
+    h = hashlib.sha256()
+    for name in (WEIGHTS, SPEC):
+        h.update(name.encode())
+        h.update((model_dir / name).read_bytes())
+    return h.hexdigest()
+
+
+def describe(spec: dict[str, Any]) -> dict[str, str]:
+    """The class map and preprocessing of a model spec as flat strings (params and tags)."""
+    return flatten(
+        {
+            "backbone": spec["backbone"],
+            "layers": spec["layers"],
+            "classes": spec["classes"],
+            "image_size": spec["image_size"],
+            "preprocess": spec["preprocess"],
+        }
+    )
+
+
+def requirements() -> list[str]:
+    """Pinned requirements of the pyfunc (thawline itself must be installed where it loads)."""
+    pins = []
+    for package in REQUIREMENTS:
+        with contextlib.suppress(PackageNotFoundError):
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+    return pins
+
+
+def _registered(mv: ModelVersion, reused: bool = False) -> Registered:
+    return Registered(mv.name, int(mv.version), mv.run_id, dict(mv.tags or {}), reused)
+
+
+def recorded_champion(client: MlflowClient, name: str) -> str | None:
+    """The champion version thawline last set (a registered-model tag), if any."""
+    try:
+        model = with_retry(lambda: client.get_registered_model(name))
+    except MlflowException:
+        return None
+    return (model.tags or {}).get(TAG_CHAMPION)
+
+
+def dangling_alias_message(client: MlflowClient, name: str, alias: str, recorded: str) -> str:
+    """Why an alias thawline set is gone, and how to fix it."""
+    try:
+        with_retry(lambda: client.get_model_version(name, recorded))
+        what = f"version {recorded} still exists, but the alias was removed"
+    except MlflowException:
+        what = f"it pointed at version {recorded}, which has been deleted"
+    return (
+        f"registered model '{name}': alias '{alias}' is gone ({what}). thawline never falls "
+        f"back to the latest version. Point it at a version you trust (MlflowClient()."
+        f"set_registered_model_alias('{name}', '{alias}', VERSION)), or delete the registered "
+        f"model tag '{TAG_CHAMPION}' to let the next registration become champion"
+    )
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")

@@ -1,0 +1,60 @@
+"""Tracking store helpers: URI resolution and the retry on SQLite's ``database is locked``."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+
+from tests.conftest import small_config
+from thawline.tracking.provenance import flatten
+from thawline.tracking.store import DEFAULT_URI, is_locked, sqlite_path, tracking_uri, with_retry
+
+
+def test_uri_comes_from_config_then_environment_then_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(small_config(tmp_path)) == DEFAULT_URI == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(small_config(tmp_path)) == "http://127.0.0.1:5000"
+    configured = small_config(tmp_path, tracking={"uri": "sqlite:////data/runs.db"})
+    assert tracking_uri(configured) == "sqlite:////data/runs.db"
+    assert sqlite_path("sqlite:////data/runs.db") == Path("/data/runs.db")
+    assert sqlite_path("sqlite:///mlflow.db") == Path("mlflow.db")
+    assert sqlite_path("http://127.0.0.1:5000") is None
+
+
+def test_locked_database_is_retried_other_errors_are_not():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            try:
+                raise sqlite3.OperationalError("database is locked")
+            except sqlite3.OperationalError as err:  # as MLflow wraps it
+                raise MlflowException("(sqlite3.OperationalError) ...") from err
+        return "done"
+
+    assert with_retry(flaky, wait=0.001) == "done" and len(calls) == 3
+    assert is_locked(MlflowException("x")) is False
+
+    def broken():
+        calls.append(1)
+        raise ValueError("not a lock")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        with_retry(broken, wait=0.001)
+    assert len(calls) == 1
+
+
+def test_config_flattens_to_dotted_params():
+    flat = flatten({"head": {"lr": 0.001, "hidden": [512], "sweep": {"enabled": False}}, "x": None})
+    assert flat == {
+        "head.lr": "0.001",
+        "head.hidden": "[512]",
+        "head.sweep.enabled": "false",
+        "x": "null",
+    }
