@@ -7,6 +7,7 @@ libraries; nothing under test is mocked.
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_tracking_uri():
+    """Connecting sets $MLFLOW_TRACKING_URI (MLflow does, for subprocesses); undo that after
+    each test module so no module's store leaks into the next."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def small_config(tmp: Path, **sections) -> Config:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import urllib.error
@@ -47,17 +46,6 @@ def no_pickle():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
         yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def keep_tracking_uri():
-    """Connecting sets $MLFLOW_TRACKING_URI (MLflow does, for subprocesses); undo that after."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def fit(features: torch.Tensor, labels: torch.Tensor, classes: int, epochs: int) -> Head:

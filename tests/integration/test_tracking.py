@@ -4,7 +4,6 @@ error, a no-op when disabled, and the same code against a real ``mlflow server``
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
@@ -15,17 +14,6 @@ from tests.integration.servers import VENV_BIN, background_server, free_port, se
 from thawline.stages import StageResult
 from thawline.tracking import pipeline_run, stage_run
 from thawline.tracking.runs import PARENT_ENV
-
-
-@pytest.fixture(scope="module", autouse=True)
-def keep_tracking_uri():
-    """Connecting sets $MLFLOW_TRACKING_URI (MLflow does, for subprocesses); undo that after."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture

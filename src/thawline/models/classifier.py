@@ -7,7 +7,7 @@ A saved model is a folder::
                         head spec, class names and the stored image size
 
 Loading rebuilds the architecture from ``model.json`` with random init (no download), then loads
-the tensors, so it never needs ``weights_only=False`` or pickle.
+the tensors, so loading never unpickles anything.
 """
 
 from __future__ import annotations
