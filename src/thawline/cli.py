@@ -22,6 +22,8 @@ STAGES = {
     "prepare": "decode, split and hash the data source into a uint8 store (paths.prepared)",
     "extract": "run the frozen backbone once and cache its features (paths.features)",
     "train_head": "train the classifier head on the cached features (paths.head)",
+    "finetune": "thaw the backbone under the head: gradual unfreezing, per-group LRs "
+    "(paths.finetune; not yet in dvc.yaml)",
     "evaluate": "metrics, plots and predictions on the pinned test split (paths.evaluation)",
     "register": "log the complete model to MLflow; move 'champion' only through the gate",
 }
@@ -35,6 +37,7 @@ USER_ERRORS = (
     "WeightsError",
     "NonFiniteLossError",
     "EvaluationError",
+    "CheckpointError",
     "RegistryError",
     "MlflowException",
 )

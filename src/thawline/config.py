@@ -33,6 +33,7 @@ class Paths(Section):
     evaluation: Path = Path("reports/evaluation")  # metrics.json, plot data, PNGs, predictions
     registration: Path = Path("reports/registration.json")  # the register stage's decision
     report: Path = Path("reports/report.html")
+    finetune: Path = Path("models/finetune")  # checkpoints/, model/, history.json
 
 
 class Data(Section):
@@ -175,6 +176,62 @@ class Head(Section):
     sweep: HeadSweep = HeadSweep()
 
 
+class FinetunePhase(Section):
+    """One phase of fine-tuning: how many layer groups are unfrozen (from the top), how long."""
+
+    groups: int = Field(ge=-1)  # unfrozen groups counted from the top; 0 = head only; -1 = all
+    epochs: int = Field(gt=0)
+    lr: float = Field(gt=0, le=10)  # the head's LR; backbone groups get it times the decay
+
+
+class Finetune(Section):
+    """Fine-tuning the backbone and head together (``finetune``), starting from ``train_head``."""
+
+    # head_only: one phase, backbone frozen; gradual: head only, then thaw groups from the top
+    # until all are trainable; full: everything at once; custom: the list in ``phases``.
+    strategy: Literal["head_only", "gradual", "full", "custom"] = "gradual"
+    phases: list[FinetunePhase] = Field(default_factory=list)  # strategy: custom only
+    epochs_per_phase: int = Field(default=1, gt=0)  # presets only
+    # gradual: thawing steps after the head-only phase; null = one layer group per step.
+    gradual_steps: int | None = Field(default=3, gt=0)
+    base_lr: float = Field(default=1e-3, gt=0, le=10)  # presets only: every phase's LR
+    # Discriminative LRs: group LR = phase LR * lr_decay ** (distance from the top; head = 0)...
+    lr_decay: float = Field(default=0.7, gt=0, le=1)
+    # ...or explicit absolute LRs per backbone group, stem first (replaces lr_decay when set).
+    group_lrs: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(default=None, min_length=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
+    clip_grad_norm: float | None = Field(default=1.0, gt=0)  # null = no clipping
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)  # of each phase's steps
+    freeze_bn: bool = False  # BatchNorm in eval mode everywhere (frozen groups always are)
+    batch_size: int = Field(default=64, gt=1)
+    image_size: int | None = Field(default=None, gt=0, le=2048)  # null = extract's input size
+    augment: bool = True  # random horizontal flip + small shifts, training batches only
+    max_shift: int = Field(default=2, ge=0, le=64)  # pixels, at the model's input size
+    # auto: bf16 autocast on CPUs with native bf16 and on CUDA with bf16, else fp16 + GradScaler
+    # on CUDA, else fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    keep_checkpoints: int = Field(default=2, gt=0)
+    resume: bool = True  # continue from the newest complete checkpoint in paths.finetune
+    patience: int = Field(default=0, ge=0)  # epochs without val improvement (last phase); 0 = off
+    deterministic: bool = False  # deterministic kernels: resume gives bit-identical results
+
+    @model_validator(mode="after")
+    def _check_phases(self) -> Finetune:
+        if self.strategy == "custom" and not self.phases:
+            raise ValueError(
+                "finetune.phases: strategy 'custom' needs a non-empty list of "
+                "{groups, epochs, lr}, e.g. [{groups: 0, epochs: 1, lr: 0.001}]"
+            )
+        if self.strategy != "custom" and self.phases:
+            raise ValueError(
+                f"finetune.phases: used only with strategy 'custom', not '{self.strategy}'; "
+                "set finetune.strategy: custom or remove finetune.phases"
+            )
+        return self
+
+
 class Evaluate(Section):
     """Evaluation of the current model on a pinned split."""
 
@@ -214,6 +271,7 @@ class Config(Section):
     backbone: Backbone = Backbone()
     extract: Extract = Extract()
     head: Head = Head()
+    finetune: Finetune = Finetune()
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     registry: Registry = Registry()

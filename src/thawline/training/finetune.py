@@ -1,0 +1,318 @@
+"""Fine-tuning backbone and head together: gradual unfreezing, exact resume, a NaN guard.
+
+The loop reads uint8 images and makes each batch on the fly (resize, flip + shift, normalise),
+runs in bf16 autocast where the hardware has it, clips gradients, and writes a checkpoint after
+every epoch. It reports through ``on_epoch_end`` and never logs to a tracker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from thawline.config import Finetune
+from thawline.models.classifier import Classifier
+from thawline.training.batches import (
+    Precision,
+    autocast,
+    deterministic,
+    resolve_device,
+    resolve_precision,
+    training_batch,
+)
+from thawline.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    clear_checkpoints,
+    load_latest,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from thawline.training.fit_head import EpochCallback, NonFiniteLossError
+from thawline.training.unfreeze import (
+    apply_phase,
+    group_lrs,
+    layer_names,
+    param_groups,
+    phase_of,
+    phase_schedule,
+    release,
+    resolve_phases,
+    unfrozen_groups,
+)
+from thawline.training.validate import evaluate_images, improved
+
+Data = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, 3, S, S], int64 labels [N]
+
+
+@dataclass
+class FineTuneResult:
+    model: Classifier  # with the best epoch's weights, on the CPU, in eval mode
+    history: list[dict[str, float]]
+    best_epoch: int
+    best: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0  # training + validation time, summed over resumed runs
+    resumed_from: int = 0  # the epoch of the checkpoint this run continued from (0 = none)
+
+
+def fine_tune(
+    model: Classifier,
+    train: Data,
+    val: Data | None,
+    opts: Finetune,
+    seed: int,
+    *,
+    checkpoint_dir: Path | str,
+    on_epoch_end: EpochCallback | None = None,
+    progress: bool = False,
+) -> FineTuneResult:
+    """Fine-tune ``model`` in the phases of ``opts``, checkpointing every epoch.
+
+    Args:
+        model: The classifier to train in place (backbone + head from ``train_head``).
+        train: Training images and labels.
+        val: Validation images and labels, or None (then the last epoch is kept).
+        opts: The ``finetune`` params section.
+        seed: Fixes shuffling, augmentation and dropout.
+        checkpoint_dir: Folder of per-epoch checkpoints; with ``opts.resume`` the newest complete
+            one is continued from, otherwise the folder is cleared first.
+        on_epoch_end: Called with ``(epoch, metrics)`` after each epoch's checkpoint is written.
+        progress: Show a progress bar (images/s and the current phase).
+
+    Returns:
+        The model with its best epoch's weights, the history and timings.
+
+    Raises:
+        NonFiniteLossError: The loss, a gradient norm or a weight became NaN/inf; no checkpoint
+            of that epoch is written.
+        CheckpointError: Checkpoints exist but none is complete, or they belong to other
+            settings or data.
+    """
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
+    checkpoint_dir = Path(checkpoint_dir)
+    with deterministic(opts.deterministic):
+        trainer = _Trainer(model, train, val, opts, seed, device, precision)
+        resumed = trainer.start(checkpoint_dir)
+        trainer.fit(checkpoint_dir, on_epoch_end, progress)
+    return trainer.result(resumed)
+
+
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    """Full batches only: a last batch of one image would break BatchNorm in training mode."""
+    return max(1, count // batch_size)
+
+
+class _Trainer:
+    """The training state of one run: what a checkpoint saves and restores."""
+
+    def __init__(self, model, train, val, opts: Finetune, seed, device, precision: Precision):
+        torch.manual_seed(seed)
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.train, self.val, self.opts, self.seed = train, val, opts, seed
+        self.device, self.precision = device, precision
+        groups = len(layer_names(model))
+        self.phases = resolve_phases(opts, groups)
+        self.lrs = [group_lrs(opts, phase, groups) for phase in self.phases]
+        self.steps = steps_per_epoch(len(train[1]), opts.batch_size)
+        self.optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay))
+        self.scheduler = phase_schedule(
+            self.optimizer, self.phases, self.lrs, self.steps, opts.warmup_fraction
+        )
+        self.scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
+        self.epochs = sum(phase.epochs for phase in self.phases)
+        self.epoch, self.seconds, self.finished = 0, 0.0, False
+        self.history: list[dict[str, float]] = []
+        self.best_epoch, self.best = 0, {}
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def plan(self) -> dict:
+        """What must match for a checkpoint to continue this run exactly."""
+        settings = self.opts.model_dump(mode="json", exclude={"resume", "keep_checkpoints"})
+        return {
+            "settings": settings,
+            "phases": [[p.groups, p.epochs, p.lr] for p in self.phases],
+            "lrs": self.lrs,
+            "steps_per_epoch": self.steps,
+            "seed": self.seed,
+            "train_size": len(self.train[1]),
+            "val_size": 0 if self.val is None else len(self.val[1]),
+            "precision": self.precision.name,
+        }
+
+    def start(self, folder: Path) -> int:
+        """Resume from the newest complete checkpoint (or clear them all); the epoch resumed."""
+        if not self.opts.resume:
+            clear_checkpoints(folder)
+            return 0
+        checkpoint = load_latest(folder)
+        if checkpoint is None:
+            return 0
+        self._restore(checkpoint)
+        return checkpoint.epoch
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        if state["plan"] != self.plan():
+            raise CheckpointError(
+                f"{checkpoint.path}: made with other finetune settings, seed, data or precision; "
+                "set finetune.resume: false (or delete the checkpoints) to start again"
+            )
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.seconds = state["epoch"], state["seconds"]
+        self.finished = state["finished"]
+        self.history, self.best = state["history"], state["best"]
+        self.best_epoch = state["best_epoch"]
+        self.best_state = checkpoint.best if checkpoint.best is not None else checkpoint.model
+
+    def fit(self, folder: Path, on_epoch_end: EpochCallback | None, progress: bool) -> None:
+        size = self.steps * self._batch()
+        bar = tqdm(
+            total=self.epochs * size, initial=self.epoch * size, desc="finetune", unit="img",
+            unit_scale=True, disable=not progress,
+        )  # fmt: skip
+        with bar:
+            while self.epoch < self.epochs and not self.finished:
+                metrics = self._epoch(bar)
+                self._checkpoint(folder, metrics)
+                if on_epoch_end is not None:
+                    on_epoch_end(self.epoch, {k: v for k, v in metrics.items() if k != "epoch"})
+
+    def _batch(self) -> int:
+        return min(self.opts.batch_size, len(self.train[1]))
+
+    def _epoch(self, bar) -> dict[str, float]:
+        index = phase_of(self.epoch, self.phases)
+        started = time.perf_counter()
+        train_loss = self._train_epoch(index, bar)
+        train_seconds = time.perf_counter() - started
+        metrics = {
+            "epoch": self.epoch + 1,
+            "phase": index + 1,
+            "unfrozen_groups": self.phases[index].groups,
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[-1]["lr"],
+            "images_per_second": self.steps * self._batch() / train_seconds,
+        }
+        if self.val is not None:
+            metrics |= evaluate_images(
+                self.model, *self.val, batch_size=2 * self.opts.batch_size,
+                precision=self.precision, loss_fn=self.loss_fn,
+            )  # fmt: skip
+        self.seconds += time.perf_counter() - started
+        self.epoch += 1
+        self.history.append(metrics)
+        self._track_best(metrics, index)
+        return metrics
+
+    def _train_epoch(self, index: int, bar) -> float:
+        self.model.train()
+        apply_phase(self.model, self.phases[index], freeze_bn=self.opts.freeze_bn)
+        # Order and augmentation depend on (seed, epoch) only, so a resumed epoch repeats them.
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        images, labels = self.train
+        order = torch.randperm(len(labels), generator=generator)
+        batch, total = self.opts.batch_size, 0.0
+        for step in range(self.steps):
+            idx = order[step * batch : (step + 1) * batch]
+            x = training_batch(
+                images[idx].to(self.device), self.model.preprocess, augment=self.opts.augment,
+                max_shift=self.opts.max_shift, generator=generator,
+            )  # fmt: skip
+            total += self._step(x, labels[idx].to(self.device), step)
+            bar.update(len(idx))
+            mean = total / (step + 1)
+            bar.set_postfix(phase=f"{index + 1}/{len(self.phases)}", loss=f"{mean:.4f}")
+        return total / self.steps
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+        with autocast(self.device, self.precision):
+            loss = self.loss_fn(self.model(x).float(), y)
+        if not torch.isfinite(loss):
+            self._non_finite(f"loss became {loss.item()}", step)
+        self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: never stepped
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.opts.clip_grad_norm is not None:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = nn.utils.clip_grad_norm_(params, self.opts.clip_grad_norm)
+            # With a GradScaler an fp16 overflow is expected: the scaler skips that step.
+            if self.scaler is None and not torch.isfinite(norm):
+                self._non_finite(f"gradient norm became {norm.item()}", step)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
+    def _non_finite(self, what: str, step: int) -> None:
+        phase = self.phases[phase_of(self.epoch, self.phases)]
+        raise NonFiniteLossError(
+            f"finetune: {what} at epoch {self.epoch + 1}, step {step} (phase LR {phase.lr}); "
+            "lower finetune.base_lr (or the phase's lr), keep finetune.clip_grad_norm set, "
+            "or use precision fp32"
+        )
+
+    def _track_best(self, metrics: dict[str, float], index: int) -> None:
+        if improved(metrics, self.best):
+            self.best_epoch, self.best = self.epoch, metrics
+            state = self.model.state_dict()
+            self.best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        last_phase = index == len(self.phases) - 1
+        # Early stopping only in the last phase: an earlier phase is followed by a thaw.
+        if self.opts.patience and self.val is not None and last_phase:
+            self.finished = self.epoch - self.best_epoch >= self.opts.patience
+
+    def _checkpoint(self, folder: Path, metrics: dict[str, float]) -> None:
+        state = self.model.state_dict()
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            self._non_finite(f"weights became non-finite ({bad[:3]})", self.steps)
+        save_checkpoint(
+            folder, self.epoch, state, self._state(),
+            best=None if self.best_epoch == self.epoch else self.best_state,
+            keep=self.opts.keep_checkpoints,
+        )  # fmt: skip
+
+    def _state(self) -> dict:
+        return {
+            "plan": self.plan(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "phase": phase_of(self.epoch - 1, self.phases),
+            "unfrozen_groups": unfrozen_groups(self.model),
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best": self.best,
+            "seconds": self.seconds,
+            "finished": self.finished,
+        }
+
+    def result(self, resumed: int) -> FineTuneResult:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        release(self.model)
+        model = self.model.to("cpu").eval()
+        return FineTuneResult(
+            model, self.history, self.best_epoch, self.best, self.seconds, resumed_from=resumed
+        )

@@ -1,0 +1,45 @@
+"""Validation of a classifier on uint8 images, and which epoch counts as the best."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from thawline.models.classifier import Classifier
+from thawline.training.batches import Precision, autocast
+
+FP32 = Precision(None)
+
+
+@torch.inference_mode()
+def evaluate_images(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 128,
+    precision: Precision = FP32,
+    loss_fn: nn.Module | None = None,
+) -> dict[str, float]:
+    """Validation loss and accuracy of ``model`` on uint8 images (eval preprocessing)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for chunk in images.split(batch_size):
+        with autocast(device, precision):
+            outputs.append(model(chunk.to(device)).float().cpu())
+    logits = torch.cat(outputs)
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    return {
+        "val_loss": float(loss_fn(logits, labels.long())),
+        "val_accuracy": float((logits.argmax(1) == labels).float().mean()),
+    }
+
+
+def improved(metrics: dict[str, float], best: dict[str, float]) -> bool:
+    """Better validation accuracy, or equal accuracy and lower loss (always, without val)."""
+    if not best or "val_accuracy" not in metrics:
+        return True
+    if metrics["val_accuracy"] != best["val_accuracy"]:
+        return metrics["val_accuracy"] > best["val_accuracy"]
+    return metrics["val_loss"] < best["val_loss"]

@@ -1,0 +1,163 @@
+"""Gradual unfreezing: phases, per-group LRs, frozen groups untouched (gradients, weights, BN)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from thawline.config import ConfigError, Finetune, config_from_dict
+from thawline.models.backbone import create_backbone
+from thawline.models.classifier import Classifier
+from thawline.models.head import Head
+from thawline.models.preprocess import PooledFeatures, Preprocess
+from thawline.training.unfreeze import (
+    Phase,
+    apply_phase,
+    bn_running_stats,
+    group_lrs,
+    layer_names,
+    param_groups,
+    phase_schedule,
+    resolve_phases,
+    unfrozen_groups,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> Classifier:
+    torch.manual_seed(0)
+    backbone = create_backbone(config_from_dict({"backbone": {"weights": "none"}}).backbone)
+    preprocess = Preprocess.from_backbone(backbone, 32, 1.0)
+    head = Head(backbone.num_features, 10)
+    spec = {"classes": [str(i) for i in range(10)], "image_size": 32}
+    return Classifier(PooledFeatures(backbone, []), head, preprocess, spec)
+
+
+def test_presets_resolve_to_phases():
+    assert resolve_phases(Finetune(strategy="head_only", base_lr=0.01), 8) == [Phase(0, 1, 0.01)]
+    assert resolve_phases(Finetune(strategy="full", epochs_per_phase=3), 8) == [Phase(8, 3, 1e-3)]
+    steps = [p.groups for p in resolve_phases(Finetune(strategy="gradual", gradual_steps=3), 8)]
+    assert steps == [0, 3, 6, 8]
+    every = resolve_phases(Finetune(strategy="gradual", gradual_steps=None), 4)
+    assert [p.groups for p in every] == [0, 1, 2, 3, 4]
+    custom = Finetune(
+        strategy="custom",
+        phases=[{"groups": 0, "epochs": 2, "lr": 0.01}, {"groups": -1, "epochs": 1, "lr": 0.001}],
+    )
+    assert resolve_phases(custom, 5) == [Phase(0, 2, 0.01), Phase(5, 1, 0.001)]
+    too_many = Finetune(strategy="custom", phases=[{"groups": 9, "epochs": 1, "lr": 0.1}])
+    with pytest.raises(ValueError, match=r"phases\[0\].groups: 9, but the backbone has only 5"):
+        resolve_phases(too_many, 5)
+
+
+@pytest.mark.parametrize(
+    ("finetune", "message"),
+    [
+        ({"strategy": "custom"}, "finetune.phases: strategy 'custom' needs a non-empty list"),
+        ({"phases": [{"groups": 1, "epochs": 1, "lr": 0.1}]}, "used only with strategy 'custom'"),
+        ({"base_lr": 0}, "finetune.base_lr: Input should be greater than 0"),
+        ({"strategy": "custom", "phases": [{"groups": 1, "epochs": 0, "lr": 1}]}, "epochs"),
+        ({"strategy": "everything"}, "finetune.strategy: Input should be 'head_only'"),
+        ({"lr_decay": 1.5}, "finetune.lr_decay: Input should be less than or equal to 1"),
+        ({"epochz": 1}, "unknown key 'finetune.epochz'"),
+    ],
+)
+def test_bad_finetune_config_is_one_line(finetune, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        config_from_dict({"finetune": finetune})
+
+
+def test_group_lrs_decay_from_the_top_and_explicit_list():
+    opts = Finetune(lr_decay=0.5)
+    lrs = group_lrs(opts, Phase(2, 1, 0.1), 4)
+    assert lrs == pytest.approx([0.0, 0.0, 0.1 * 0.5**2, 0.1 * 0.5, 0.1])  # stem .. top, head
+    explicit = Finetune(group_lrs=[1e-5, 1e-4, 1e-3])
+    assert group_lrs(explicit, Phase(3, 1, 0.01), 3) == [1e-5, 1e-4, 1e-3, 0.01]
+    assert group_lrs(explicit, Phase(1, 1, 0.01), 3) == [0.0, 0.0, 1e-3, 0.01]
+    with pytest.raises(ValueError, match="group_lrs: 3 values, but the backbone has 4"):
+        group_lrs(explicit, Phase(1, 1, 0.01), 4)
+
+
+def test_each_group_gets_its_lr_in_each_phase():
+    opts = Finetune(lr_decay=0.5, warmup_fraction=0.0)
+    phases = [Phase(0, 2, 0.1), Phase(1, 1, 0.01), Phase(3, 1, 0.001)]
+    lrs = [group_lrs(opts, p, 3) for p in phases]
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(4)]
+    optimizer = torch.optim.AdamW([{"params": [p], "lr": 1.0} for p in params])
+    steps_per_epoch = 5
+    schedule = phase_schedule(optimizer, phases, lrs, steps_per_epoch, 0.0)
+    seen = []
+    for step in range(4 * steps_per_epoch):
+        if step in (0, 10, 15):  # the first step of each phase: the peak with no warm-up
+            seen.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        schedule.step()
+    assert seen[0] == pytest.approx([0, 0, 0, 0.1])
+    assert seen[1] == pytest.approx([0, 0, 0.005, 0.01])
+    assert seen[2] == pytest.approx([0.000125, 0.00025, 0.0005, 0.001])
+
+
+def test_param_groups_cover_backbone_groups_then_head(model):
+    groups = param_groups(model, 0.05)
+    names = layer_names(model)
+    assert len(groups) == len(names) + 1
+    assert [len(g["params"]) for g in groups[:-1]] == [len(n) for n in names]
+    assert groups[-1]["params"] == list(model.head.parameters())
+    assert {g["weight_decay"] for g in groups} == {0.05}
+
+
+def test_frozen_groups_get_no_gradient_and_do_not_move(model):
+    n = len(layer_names(model))
+    phase = Phase(2, 1, 1e-2)
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.1))
+    for group, lr in zip(optimizer.param_groups, group_lrs(Finetune(), phase, n), strict=True):
+        group["lr"] = lr
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    apply_phase(model, phase)
+    assert unfrozen_groups(model) == [n - 2, n - 1]
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(8) % 10
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    named = dict(model.features.backbone.model.named_parameters())
+    frozen = [name for group in layer_names(model)[: n - 2] for name in group]
+    thawed = [name for group in layer_names(model)[n - 2 :] for name in group]
+    assert all(named[name].grad is None for name in frozen)
+    prefix = "features.backbone.model."
+    after = model.state_dict()
+    assert all(torch.equal(before[prefix + name], after[prefix + name]) for name in frozen)
+    assert any(not torch.equal(before[prefix + name], after[prefix + name]) for name in thawed)
+    assert not torch.equal(before["head.net.1.weight"], after["head.net.1.weight"])
+    _check_bn_stats(before, after, model, frozen_groups=n - 2)
+
+
+def _check_bn_stats(before, after, model, frozen_groups):
+    """Running stats of frozen groups' BatchNorm are unchanged; the top group's moved."""
+    prefix = "features.backbone.model."
+    stats = bn_running_stats(model.features.backbone.model)
+    modules = {name.rsplit(".", 1)[0] for name in stats}
+    groups = layer_names(model)
+    frozen = {n.rsplit(".", 1)[0] for g in groups[:frozen_groups] for n in g} & modules
+    thawed = {n.rsplit(".", 1)[0] for g in groups[frozen_groups:] for n in g} & modules
+    assert frozen and thawed
+    for module in frozen:
+        key = f"{prefix}{module}.running_mean"
+        assert torch.equal(before[key], after[key]), module
+    assert any(
+        not torch.equal(before[f"{prefix}{m}.running_mean"], after[f"{prefix}{m}.running_mean"])
+        for m in thawed
+    )
+
+
+def test_freeze_bn_keeps_every_batchnorm_in_eval(model):
+    model.train()
+    apply_phase(model, Phase(len(layer_names(model)), 1, 1e-3), freeze_bn=True)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns)
+    assert model.head.training
+    model.train()
+    apply_phase(model, Phase(len(layer_names(model)), 1, 1e-3))
+    assert all(m.training for m in bns)
