@@ -44,6 +44,7 @@ class Source(Protocol):
     classes: list[str]
     items: list[Item]
     problems: list[str]  # items refused while listing (e.g. symlinks escaping the root)
+    in_memory: bool  # pixels already decoded in memory: worker processes would only add copies
 
     def load(self, index: int) -> tuple[str, Image.Image | np.ndarray]: ...
 
@@ -68,6 +69,7 @@ def sha256_bytes(data: bytes) -> str:
 class FashionMNIST:
     """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` or torchvision's download."""
 
+    in_memory = True
     FILES: ClassVar[dict[str, tuple[str, str]]] = {
         "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -151,6 +153,8 @@ class ImageFolder:
     never become classes; symlinks that leave the root are refused before they are opened.
     """
 
+    in_memory = False
+
     def __init__(self, root: Path, prepare: Prepare):
         self.root = root.resolve()
         self.max_pixels = prepare.max_pixels
@@ -231,6 +235,8 @@ def _visible_dirs(folder: Path) -> list[Path]:
 
 class TorchvisionDataset:
     """Any classification dataset class in ``torchvision.datasets`` (downloaded when online)."""
+
+    in_memory = False  # items may be files decoded on access
 
     def __init__(self, data: Data):
         import torchvision.datasets

@@ -93,7 +93,7 @@ class _Loading(Dataset):
 def _load_all(source: Source, chosen: list[int], size: int, opts: Prepare, progress: bool):
     workers = opts.num_workers
     if workers is None:  # in-memory sources gain nothing from worker processes
-        workers = 0 if type(source).__name__ == "FashionMNIST" else min(4, os.cpu_count() or 1)
+        workers = 0 if source.in_memory else min(4, os.cpu_count() or 1)
     loader = DataLoader(
         _Loading(source, chosen, size), batch_size=None, num_workers=workers, collate_fn=None
     )
