@@ -15,7 +15,7 @@ from thawline.config import Config
 from thawline.data.store import load_split, read_manifest
 from thawline.files import write_json
 from thawline.models.classifier import Classifier, save_classifier
-from thawline.stages import StageResult
+from thawline.stages import StageResult, training_metrics
 from thawline.stages.assemble import build_model
 from thawline.training.finetune import fine_tune
 from thawline.training.fit_head import EpochCallback
@@ -51,13 +51,7 @@ def run(
         {"best_epoch": result.best_epoch, "seconds": result.seconds, "history": result.history},
     )
     epochs = len(result.history)
-    metrics = {k: v for k, v in result.best.items() if k.startswith("val_")}
-    metrics |= {
-        "best_epoch": float(result.best_epoch),
-        "epochs": float(epochs),
-        "train_seconds": result.seconds,
-        "seconds_per_epoch": result.seconds / max(epochs, 1),
-    }
+    metrics = training_metrics(result.best, result.best_epoch, epochs, result.seconds)
     info = {"resumed_from": result.resumed_from, "strategy": cfg.finetune.strategy}
     return StageResult(outputs={"model": model_dir, "history": history}, metrics=metrics, info=info)
 

@@ -11,7 +11,7 @@ import logging
 from thawline.config import Config
 from thawline.features.cache import CacheError, load_features, read_cache_manifest
 from thawline.models.head import save_head
-from thawline.stages import StageResult
+from thawline.stages import StageResult, training_metrics
 from thawline.training.fit_head import EpochCallback, fit_head
 from thawline.training.sweep import CandidateCallback, sweep_heads
 
@@ -63,11 +63,5 @@ def run(
             "seconds": round(fit.seconds, 3),
         },
     )
-    metrics = {k: v for k, v in fit.best.items() if k.startswith("val_")}
-    metrics |= {
-        "best_epoch": float(fit.best_epoch),
-        "epochs": float(epochs),
-        "train_seconds": fit.seconds,
-        "seconds_per_epoch": fit.seconds / max(epochs, 1),
-    }
+    metrics = training_metrics(fit.best, fit.best_epoch, epochs, fit.seconds)
     return StageResult(outputs={"head": cfg.paths.head}, metrics=metrics, info={"params": chosen})

@@ -62,32 +62,66 @@ def fit_head(
         NonFiniteLossError: The loss became NaN/inf (e.g. an absurd learning rate).
     """
     torch.manual_seed(seed)
-    x, y = train[0].float(), train[1].long()
-    head = Head(x.shape[1], num_classes, opts.type, opts.hidden, opts.dropout)
-    head.set_standardisation(x)
-    x = (x - head.mean) / head.std  # standardise once, not every step; the head keeps the stats
-    net = head.net
-    loss_fn = nn.CrossEntropyLoss(
-        weight=_class_weights(y, num_classes) if opts.class_weights == "balanced" else None,
-        label_smoothing=opts.label_smoothing,
-    )
-    optimizer = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    total = opts.epochs * math.ceil(len(x) / opts.batch_size)
-    cosine = opts.schedule == "cosine"
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, total) if cosine else 1.0
-    )
-    generator = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
+    run = _HeadRun(train, num_classes, opts, seed)
     started = time.perf_counter()
     bar = tqdm(range(1, opts.epochs + 1), desc="train_head", unit="epoch", disable=not progress)
     with _threads(1 if opts.type == "linear" else torch.get_num_threads()):
-        best_state, best_epoch, best = _epochs(
-            bar, head, net, x, y, val, loss_fn, optimizer, schedule, opts, generator,
-            history, on_epoch_end,
+        for epoch in bar:
+            metrics = run.epoch(epoch, val)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, {k: v for k, v in metrics.items() if k != "epoch"})
+            bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k != "epoch"})
+            if run.should_stop(epoch, has_val=val is not None):
+                break
+    run.head.load_state_dict(run.best_state)
+    seconds = time.perf_counter() - started
+    return HeadFit(run.head.eval(), run.history, run.best_epoch, run.best, seconds)
+
+
+class _HeadRun:
+    """The state of one head fit: data, head, optimiser, schedule and the best epoch so far."""
+
+    def __init__(self, train, num_classes: int, opts: HeadConfig, seed: int):
+        x, self.y = train[0].float(), train[1].long()
+        self.opts = opts
+        self.head = Head(x.shape[1], num_classes, opts.type, opts.hidden, opts.dropout)
+        self.head.set_standardisation(x)
+        # Standardise once, not every step; the head keeps the statistics for inference.
+        self.x = (x - self.head.mean) / self.head.std
+        weights = _class_weights(self.y, num_classes) if opts.class_weights == "balanced" else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing)
+        net = self.head.net
+        self.optimizer = torch.optim.AdamW(
+            net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay
+        )
+        total = opts.epochs * math.ceil(len(x) / opts.batch_size)
+        cosine = opts.schedule == "cosine"
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: warmup_cosine(step, total) if cosine else 1.0
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.history: list[dict[str, float]] = []
+        self.best_state = copy.deepcopy(self.head.state_dict())
+        self.best_epoch, self.best = 0, {}
+
+    def epoch(self, epoch: int, val) -> dict[str, float]:
+        """Train one epoch, validate, remember the best; returns the epoch's metrics."""
+        train_loss = _train_epoch(
+            self.head.net, self.x, self.y, self.loss_fn, self.optimizer, self.schedule,
+            self.opts, self.generator,
         )  # fmt: skip
-    head.load_state_dict(best_state)
-    return HeadFit(head.eval(), history, best_epoch, best, time.perf_counter() - started)
+        metrics = {"epoch": epoch, "train_loss": train_loss, "lr": self.schedule.get_last_lr()[0]}
+        if val is not None:
+            metrics |= evaluate_head(self.head, val[0], val[1], self.loss_fn)
+        self.history.append(metrics)
+        if _improved(metrics, self.best, val is not None):
+            self.best_state = copy.deepcopy(self.head.state_dict())
+            self.best_epoch, self.best = epoch, metrics
+        return metrics
+
+    def should_stop(self, epoch: int, has_val: bool) -> bool:
+        patience = self.opts.patience
+        return bool(patience) and has_val and epoch - self.best_epoch >= patience
 
 
 @contextlib.contextmanager
@@ -100,25 +134,6 @@ def _threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _epochs(bar, head, net, x, y, val, loss_fn, optimizer, schedule, opts, generator,
-            history, on_epoch_end):  # fmt: skip
-    best_state, best_epoch, best = copy.deepcopy(head.state_dict()), 0, {}
-    for epoch in bar:
-        train_loss = _train_epoch(net, x, y, loss_fn, optimizer, schedule, opts, generator)
-        metrics = {"epoch": epoch, "train_loss": train_loss, "lr": schedule.get_last_lr()[0]}
-        if val is not None:
-            metrics |= evaluate_head(head, val[0], val[1], loss_fn)
-        history.append(metrics)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, {k: v for k, v in metrics.items() if k != "epoch"})
-        bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k != "epoch"})
-        if _improved(metrics, best, val is not None):
-            best_state, best_epoch, best = copy.deepcopy(head.state_dict()), epoch, metrics
-        elif opts.patience and val is not None and epoch - best_epoch >= opts.patience:
-            break
-    return best_state, best_epoch, best
 
 
 def _train_epoch(net, x, y, loss_fn, optimizer, schedule, opts: HeadConfig, generator) -> float:
