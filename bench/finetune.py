@@ -1,12 +1,13 @@
 """Fine-tuning throughput: thawline's loop against the seeds' naive loop, in one run.
 
-    .venv/bin/python bench/finetune.py [--per-class 100] [--size 64] [--batch 64]
+    .venv/bin/python bench/finetune.py [--per-class 100] [--sizes 64 128] [--batch 64]
 
 Same model (packaged Lite0 + a linear head), same uint8 Fashion-MNIST images, same batch size.
 The naive loop is written like the seeds: fp32, default memory format, every parameter
 trainable, one AdamW param group. thawline's loop (``fine_tune``) is run for one epoch with all
-groups unfrozen (full), with the top 2 groups unfrozen, and with the head only, to show that
-phases with frozen groups are cheaper than a full backward.
+groups unfrozen (full) with ``precision: auto`` (fp32 below 112 px on a CPU, bf16 above) and
+with fp32 forced, with the top 2 groups unfrozen, and with the head only, to show that phases
+with frozen groups are cheaper than a full backward. Each input size is one row.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from thawline.models.classifier import build_classifier
 from thawline.models.head import Head
 from thawline.models.preprocess import Preprocess
 from thawline.stages import prepare
+from thawline.training.batches import resolve_precision
 from thawline.training.finetune import fine_tune
 
 
@@ -69,10 +71,11 @@ def thawline_loop(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     torch.manual_seed(0)
+    rows = []
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         cfg = config_from_dict({
@@ -82,19 +85,21 @@ def main() -> None:
         prepare.run(cfg, progress=False)
         train = load_split(cfg.paths.prepared, "train")
         images, labels = train.images, train.labels
-        slow = naive(images, labels, args.size, args.batch)
-        full = thawline_loop(images, labels, args.size, args.batch, -1, tmp)
-        full32 = thawline_loop(images, labels, args.size, args.batch, -1, tmp, "fp32")
-        top2 = thawline_loop(images, labels, args.size, args.batch, 2, tmp)
-        head = thawline_loop(images, labels, args.size, args.batch, 0, tmp)
-    print(f"{len(labels)} images, {args.size}px, batch {args.batch}, {torch.get_num_threads()} "
-          "threads")  # fmt: skip
-    print(f"naive loop (fp32, NCHW, all trainable) : {slow:7.1f} img/s")
-    print(f"thawline full fine-tune                : {full:7.1f} img/s  {full / slow:5.2f}x "
-          "(target >= 1.4x)")  # fmt: skip
-    print(f"thawline full, precision fp32          : {full32:7.1f} img/s  {full32 / slow:5.2f}x")
-    print(f"thawline top 2 groups unfrozen         : {top2:7.1f} img/s  {top2 / full:5.2f}x full")
-    print(f"thawline head only (backbone frozen)   : {head:7.1f} img/s  {head / full:5.2f}x full")
+        for size in args.sizes:
+            slow = naive(images, labels, size, args.batch)
+            full = thawline_loop(images, labels, size, args.batch, -1, tmp)
+            full32 = thawline_loop(images, labels, size, args.batch, -1, tmp, "fp32")
+            top2 = thawline_loop(images, labels, size, args.batch, 2, tmp)
+            head = thawline_loop(images, labels, size, args.batch, 0, tmp)
+            auto = resolve_precision("auto", torch.device("cpu"), size).name
+            rows.append((size, auto, slow, full, full32, top2, head))
+    print(f"{len(labels)} images, batch {args.batch}, {torch.get_num_threads()} threads; img/s")
+    print("size | auto | naive (fp32, NCHW, all trainable) | thawline full (auto) | ratio "
+          "(target >= 1.4x) | thawline full fp32 | top 2 groups | head only")  # fmt: skip
+    for size, auto, slow, full, full32, top2, head in rows:
+        print(f"{size:4d} | {auto} | {slow:7.1f} | {full:7.1f} | {full / slow:5.2f}x | "
+              f"{full32:7.1f} ({full32 / slow:4.2f}x) | {top2:7.1f} ({top2 / full:4.2f}x full) | "
+              f"{head:7.1f} ({head / full:4.2f}x full)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -22,9 +22,12 @@ STAGES = {
     "prepare": "decode, split and hash the data source into a uint8 store (paths.prepared)",
     "extract": "run the frozen backbone once and cache its features (paths.features)",
     "train_head": "train the classifier head on the cached features (paths.head)",
-    "finetune": "thaw the backbone under the head: gradual unfreezing, per-group LRs "
-    "(paths.finetune; not yet in dvc.yaml)",
-    "evaluate": "metrics, plots and predictions on the pinned test split (paths.evaluation)",
+    "finetune": "thaw the backbone under the head: gradual unfreezing, per-group LRs; "
+    "strategy auto picks by data size and the probe (paths.finetune)",
+    "scratch": "the from-scratch baseline with the fine-tune's budget, when scratch.enabled "
+    "(paths.scratch)",
+    "evaluate": "score every trained model on the pinned test split; the best by validation "
+    "accuracy gets the full metrics, plots and predictions (paths.evaluation)",
     "register": "log the complete model to MLflow; move 'champion' only through the gate",
 }
 # Errors whose message already says what is wrong and what to do: no traceback for these.

@@ -33,7 +33,10 @@ class Paths(Section):
     evaluation: Path = Path("reports/evaluation")  # metrics.json, plot data, PNGs, predictions
     registration: Path = Path("reports/registration.json")  # the register stage's decision
     report: Path = Path("reports/report.html")
-    finetune: Path = Path("models/finetune")  # checkpoints/, model/, history.json
+    finetune: Path = Path("models/finetune")  # model/, record.json
+    scratch: Path = Path("models/scratch")  # the from-scratch baseline: same layout as finetune
+    # <stage>/<plan>/epoch-NNNN/: resumable checkpoints, outside DVC's outputs so a rerun keeps them
+    checkpoints: Path = Path("models/checkpoints")
 
 
 class Data(Section):
@@ -187,9 +190,10 @@ class FinetunePhase(Section):
 class Finetune(Section):
     """Fine-tuning the backbone and head together (``finetune``), starting from ``train_head``."""
 
-    # head_only: one phase, backbone frozen; gradual: head only, then thaw groups from the top
-    # until all are trainable; full: everything at once; custom: the list in ``phases``.
-    strategy: Literal["head_only", "gradual", "full", "custom"] = "gradual"
+    # auto: by training-set size and the linear probe (see ``auto_probe_good``); head_only: the
+    # head from train_head is the model (no image training); gradual: head only, then thaw
+    # groups from the top until all are trainable; full: everything at once; custom: ``phases``.
+    strategy: Literal["auto", "head_only", "gradual", "full", "custom"] = "auto"
     phases: list[FinetunePhase] = Field(default_factory=list)  # strategy: custom only
     epochs_per_phase: int = Field(default=1, gt=0)  # presets only
     # gradual: thawing steps after the head-only phase; null = one layer group per step.
@@ -208,14 +212,17 @@ class Finetune(Section):
     image_size: int | None = Field(default=None, gt=0, le=2048)  # null = extract's input size
     augment: bool = True  # random horizontal flip + small shifts, training batches only
     max_shift: int = Field(default=2, ge=0, le=64)  # pixels, at the model's input size
-    # auto: bf16 autocast on CPUs with native bf16 and on CUDA with bf16, else fp16 + GradScaler
-    # on CUDA, else fp32.
+    # auto: bf16 autocast on CUDA with bf16 and on CPUs with native bf16 for inputs >= 112 px
+    # (smaller ones train faster in fp32 there), else fp16 + GradScaler on CUDA, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     keep_checkpoints: int = Field(default=2, gt=0)
     resume: bool = True  # continue from the newest complete checkpoint in paths.finetune
     patience: int = Field(default=0, ge=0)  # epochs without val improvement (last phase); 0 = off
     deterministic: bool = False  # deterministic kernels: resume gives bit-identical results
+    # auto, over 10,000 training images: a linear probe below this val accuracy is "far from
+    # good" (a far domain), so everything is fine-tuned (full); at or above it, gradual.
+    auto_probe_good: float = Field(default=0.9, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check_phases(self) -> Finetune:
@@ -232,10 +239,23 @@ class Finetune(Section):
         return self
 
 
+class Scratch(Section):
+    """The from-scratch baseline (``scratch`` stage): the backbone's architecture with random
+    weights, trained like ``finetune`` (same image size, batch, augmentation, epochs) so time
+    and accuracy compare. It is a baseline: evaluated and reported, never registered."""
+
+    enabled: bool = False
+    lr: float = Field(default=1e-3, gt=0, le=10)  # one LR for every group (nothing to preserve)
+    epochs: int | None = Field(default=None, gt=0)  # null: the fine-tune's epochs (same budget)
+
+
 class Evaluate(Section):
     """Evaluation of the current model on a pinned split."""
 
     split: Literal["test", "val"] = "test"
+    # The model that evaluate scores and register registers: best = the higher validation
+    # accuracy of the head on cached features and the fine-tuned model.
+    model: Literal["best", "head_only", "finetuned"] = "best"
     calibration_bins: int = Field(default=15, gt=1, le=100)
     gallery_size: int = Field(default=16, ge=0, le=100)  # top-loss images in the gallery PNG
     confused_top: int = Field(default=10, ge=1)  # rows in the "most confused" table
@@ -272,6 +292,7 @@ class Config(Section):
     extract: Extract = Extract()
     head: Head = Head()
     finetune: Finetune = Finetune()
+    scratch: Scratch = Scratch()
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     registry: Registry = Registry()

@@ -37,6 +37,7 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
     params["prepare"]["limit_per_class"] = 10
     params["extract"]["image_size"] = 32
     params["head"]["epochs"] = 3
+    params["finetune"]["image_size"] = 32
     params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
@@ -44,8 +45,22 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
     dvc(repo, "config", "core.analytics", "false")
 
     first = dvc(repo, "repro")
-    for stage in ("prepare", "extract", "train_head", "evaluate", "register"):
+    for stage in (
+        "prepare",
+        "extract",
+        "train_head",
+        "finetune",
+        "scratch",
+        "evaluate",
+        "register",
+    ):
         assert f"Running stage '{stage}'" in first
+    # ~100 training images: auto keeps the head; the scratch baseline trains one epoch
+    record = yaml.safe_load((repo / "models" / "finetune" / "record.json").read_text())
+    assert record["strategy"] == "head_only" and not record["trained"]
+    assert (repo / "models" / "scratch" / "model" / "model.safetensors").is_file()
+    compared = sorted(p.name for p in (repo / "reports" / "evaluation" / "compare").iterdir())
+    assert compared == ["head_only", "scratch"]
     assert (repo / "reports" / "registration.json").is_file()
     assert "accuracy" in dvc(repo, "metrics", "show")
     assert "up to date" in dvc(repo, "repro")
@@ -58,6 +73,14 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
     assert "Running stage 'train_head'" in experiment
     assert "Running stage 'extract'" not in experiment
     assert "Running stage 'prepare'" not in experiment
+
+    # A finetune param reruns finetune onward (and scratch, whose budget follows it), not the head.
+    tuned = dvc(repo, "exp", "run", "-S", "finetune.strategy=full")
+    for stage in ("finetune", "scratch", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in tuned
+    assert "Running stage 'train_head'" not in tuned
+    record = yaml.safe_load((repo / "models" / "finetune" / "record.json").read_text())
+    assert record["strategy"] == "full" and record["trained"]
 
     params["extract"]["crop_pct"] = 1.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))

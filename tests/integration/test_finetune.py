@@ -3,9 +3,11 @@ the stage end to end (prepare -> extract -> train_head -> finetune)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +76,12 @@ def run(data, folder: Path, stop_after: int | None = None, **changes):
     return fine_tune(tiny_model(), *data, opts, 7, checkpoint_dir=folder, on_epoch_end=on_epoch_end)
 
 
+def series(folder: Path) -> Path:
+    """The one checkpoint series (plan) under a checkpoint folder."""
+    (found,) = [p for p in folder.iterdir() if p.is_dir()]
+    return found
+
+
 def comparable(history):
     return [{k: v for k, v in h.items() if k != "images_per_second"} for h in history]
 
@@ -81,36 +89,45 @@ def comparable(history):
 @pytest.fixture(scope="module")
 def straight(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("straight")
-    return run(data, folder), folder
+    result = run(data, folder)
+    assert result.checkpoints == series(folder)
+    return result, folder
 
 
 def test_resume_after_interruption_equals_straight_run(data, straight, tmp_path):
     whole, whole_dir = straight
     with pytest.raises(Stop):
         run(data, tmp_path, stop_after=1)
-    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["epoch-0001"]
+    assert [p.name for p in checkpoint_dirs(series(tmp_path))] == ["epoch-0001"]
     resumed = run(data, tmp_path)
     assert resumed.resumed_from == 1
     assert comparable(resumed.history) == comparable(whole.history)
     assert resumed.best_epoch == whole.best_epoch
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    last = load_file(str(whole_dir / "epoch-0002" / "model.safetensors"))
-    assert all(torch.equal(v, load_file(str(tmp_path / "epoch-0002" / "model.safetensors"))[k])
-               for k, v in last.items())  # fmt: skip
-    state = load_checkpoint(tmp_path / "epoch-0002").state
+    last = load_file(str(series(whole_dir) / "epoch-0002" / "model.safetensors"))
+    again = load_file(str(series(tmp_path) / "epoch-0002" / "model.safetensors"))
+    assert all(torch.equal(v, again[k]) for k, v in last.items())
+    state = load_checkpoint(series(tmp_path) / "epoch-0002").state
     assert state["phase"] == 1 and state["epoch"] == 2
     assert state["unfrozen_groups"] == list(range(8))
 
 
-def test_finished_run_resumes_to_its_result_and_other_settings_are_refused(data, straight):
-    whole, folder = straight
+def test_finished_run_resumes_to_its_result_and_other_settings_start_afresh(
+    data, straight, tmp_path
+):
+    whole, _ = straight
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(whole.checkpoints, folder / whole.checkpoints.name)
     again = run(data, folder)  # every epoch is checkpointed: nothing left to train
     assert again.resumed_from == 2 and again.history == whole.history
     for key, value in whole.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key]), key
-    with pytest.raises(CheckpointError, match="other finetune settings.*resume: false"):
-        run(data, folder, batch_size=16)
+    # Other params (as after `dvc exp run -S ...`) are another plan: a new series from epoch 0;
+    # once it finishes, the old plan's checkpoints are removed.
+    other = run(data, folder, batch_size=48)
+    assert other.resumed_from == 0 and other.checkpoints.name != whole.checkpoints.name
+    assert series(folder) == other.checkpoints
 
 
 KILLED_RUN = """
@@ -134,6 +151,7 @@ def test_resume_after_sigkill_equals_straight_run(data, straight, prepared_small
     prepared = str(prepared_small.paths.prepared)
     done = subprocess.run([sys.executable, "-c", KILLED_RUN, prepared, str(tmp_path)], cwd=REPO)
     assert done.returncode == -9
+    assert [p.name for p in checkpoint_dirs(series(tmp_path))] == ["epoch-0001"]
     resumed = run(data, tmp_path)
     assert resumed.resumed_from == 1
     assert comparable(resumed.history) == comparable(straight[0].history)
@@ -142,7 +160,7 @@ def test_resume_after_sigkill_equals_straight_run(data, straight, prepared_small
 
 
 def test_damaged_newest_checkpoint_is_skipped_for_the_previous(straight, tmp_path, caplog):
-    _, source = straight
+    source = straight[0].checkpoints
     for path in checkpoint_dirs(source):
         subprocess.run(["cp", "-r", str(path), str(tmp_path)], check=True)
     with open(tmp_path / "epoch-0002" / "model.safetensors", "r+b") as f:
@@ -158,7 +176,7 @@ def test_damaged_newest_checkpoint_is_skipped_for_the_previous(straight, tmp_pat
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_state_loads_weights_only_and_refuses_pickled_code(straight, tmp_path):
-    _, source = straight
+    source = straight[0].checkpoints
     state = torch.load(source / "epoch-0002" / STATE, weights_only=True)
     assert {"optimizer", "scheduler", "rng", "history", "unfrozen_groups"} <= set(state)
     target = tmp_path / "epoch-0001"
@@ -189,8 +207,8 @@ def test_nan_stops_within_a_step_and_saves_no_non_finite_checkpoint(data, tmp_pa
     opts = Finetune(**OPTS)
     with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 2, step 0"):
         fine_tune(model, *data, opts, 7, checkpoint_dir=tmp_path, on_epoch_end=poison)
-    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["epoch-0001"]
-    saved = load_file(str(tmp_path / "epoch-0001" / "model.safetensors"))
+    assert [p.name for p in checkpoint_dirs(series(tmp_path))] == ["epoch-0001"]
+    saved = load_file(str(series(tmp_path) / "epoch-0001" / "model.safetensors"))
     assert all(v.isfinite().all() for v in saved.values() if v.is_floating_point())
 
 
@@ -198,7 +216,8 @@ def test_stage_fine_tunes_the_probe_and_saves_a_loadable_model(prepared_small, t
     cfg = small_config(
         tmp_path,
         paths={"prepared": str(prepared_small.paths.prepared), "features": str(tmp_path / "f"),
-               "head": str(tmp_path / "head"), "finetune": str(tmp_path / "finetune")},
+               "head": str(tmp_path / "head"), "finetune": str(tmp_path / "finetune"),
+               "checkpoints": str(tmp_path / "checkpoints")},
         head={"epochs": 5},
         finetune={"strategy": "gradual", "gradual_steps": 1, "batch_size": 32,
                   "precision": "fp32", "device": "cpu", "image_size": 32},
@@ -213,4 +232,5 @@ def test_stage_fine_tunes_the_probe_and_saves_a_loadable_model(prepared_small, t
     assert model.preprocess.size == 32
     images = load_split(cfg.paths.prepared, "test").images[:4]
     assert model(images).shape == (4, 10)
-    assert (cfg.paths.finetune / "history.json").is_file()
+    record = json.loads((cfg.paths.finetune / "record.json").read_text())
+    assert record["strategy"] == "gradual" and record["trained"] and len(record["history"]) == 2

@@ -57,7 +57,7 @@ def test_presets_resolve_to_phases():
         ({"phases": [{"groups": 1, "epochs": 1, "lr": 0.1}]}, "used only with strategy 'custom'"),
         ({"base_lr": 0}, "finetune.base_lr: Input should be greater than 0"),
         ({"strategy": "custom", "phases": [{"groups": 1, "epochs": 0, "lr": 1}]}, "epochs"),
-        ({"strategy": "everything"}, "finetune.strategy: Input should be 'head_only'"),
+        ({"strategy": "everything"}, "finetune.strategy: Input should be 'auto', 'head_only'"),
         ({"lr_decay": 1.5}, "finetune.lr_decay: Input should be less than or equal to 1"),
         ({"epochz": 1}, "unknown key 'finetune.epochz'"),
     ],

@@ -121,11 +121,16 @@ def _strategies_table(rows: list[dict[str, Any]]) -> str:
         return "<p>No strategy has been evaluated yet.</p>"
     metric_keys = [k for k in HEADLINE if any(row.get(k) is not None for row in rows)]
     best = max(rows, key=lambda row: row.get("accuracy") or 0.0)
-    header = ["strategy", "model", *(LABELS[k] for k in metric_keys), "train time (s)", "split"]
+    header = [
+        "model", "strategy", *(LABELS[k] for k in metric_keys), "val accuracy",
+        "train time (s)", "with upstream (s)", "split",
+    ]  # fmt: skip
     body = []
     for row in rows:
-        cells = [row["strategy"], row["model"], *(_num(row.get(k)) for k in metric_keys)]
-        cells += [_num(row.get("wall_time_s"), 1), _split_label(row)]
+        name = row["strategy"] + (" (chosen)" if row.get("chosen") else "")
+        cells = [name, row.get("how", row["model"]), *(_num(row.get(k)) for k in metric_keys)]
+        cells += [_num(row.get("val_accuracy")), _num(row.get("wall_time_s"), 1)]
+        cells += [_num(row.get("total_time_s"), 1), _split_label(row)]
         body.append((cells, row is best and len(rows) > 1))
     note = "" if same_split(rows) else (
         "<p class='warn'>These strategies were scored on different splits "

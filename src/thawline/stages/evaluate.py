@@ -1,6 +1,12 @@
-"""``evaluate``: score the current model on a pinned split and write metrics, plot data and PNGs.
+"""``evaluate``: score every trained model on a pinned split; report the chosen one in full.
 
-Writes ``paths.evaluation``::
+The models: the head on cached features (``head_only``), the fine-tuned model (``finetuned``,
+when ``finetune`` trained one) and the from-scratch baseline (``scratch``, when enabled). The one
+that ``register`` registers is chosen by ``evaluate.model``; ``best`` takes the higher
+*validation* accuracy of head_only and finetuned (the test split never chooses). The scratch
+baseline is compared, never chosen.
+
+Writes ``paths.evaluation``, for the chosen model::
 
     metrics.json              flat scalars for ``dvc metrics``: accuracy, macro_f1, ece, loss
                               (+ roc_auc, sensitivity, specificity for two classes)
@@ -14,6 +20,9 @@ Writes ``paths.evaluation``::
     plots/history.csv         the model's training history, one row per epoch
     plots/roc.csv             two classes only: fpr, tpr
     confusion_matrix.png  reliability.png  curves.png  gallery.png  roc.png (two classes)
+
+and, for every evaluated model, ``compare/<model>/metrics.json`` and ``summary.json`` (the
+report's comparison table).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +51,18 @@ from thawline.evaluation.plots import (
 )
 from thawline.evaluation.predictions import PREDICTIONS, save_predictions
 from thawline.features.cache import CacheError, load_features, read_cache_manifest
-from thawline.files import atomic_path, remove_stale_temps, write_json
+from thawline.files import atomic_path, remove_stale_temps, sha256_file, write_json
 from thawline.models.head import SPEC, WEIGHTS, load_head
 from thawline.stages import StageResult
+from thawline.stages.trained_model import load_trained, read_record
+from thawline.training.batches import resolve_device, resolve_precision
+from thawline.training.strategy import probe_accuracy
+from thawline.training.validate import predict_logits
 
 log = logging.getLogger(__name__)
-METRICS, SUMMARY = "metrics.json", "summary.json"
+METRICS, SUMMARY, COMPARE = "metrics.json", "summary.json", "compare"
 HEAD_ONLY = "head_only"  # the strategy name of a head trained on cached features
+CANDIDATES = ("head_only", "finetuned")  # what evaluate.model may choose; scratch is a baseline
 
 
 @dataclass
@@ -56,9 +71,11 @@ class ModelOutput:
 
     probs: np.ndarray  # [N, C]; float64 keeps tiny probabilities for the log-loss
     labels: np.ndarray  # int64 [N]
-    model: str  # the strategy: head_only (later also finetuned, scratch)
+    model: str  # head_only | finetuned | scratch
     history: list[dict] = field(default_factory=list)  # per-epoch training metrics
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # this model's own training (not its upstream stages)
+    val_accuracy: float | None = None  # best validation accuracy in training: what chooses
+    upstream_seconds: float = 0.0  # the stages it builds on: extraction (+ head for finetuned)
     details: dict[str, str] = field(default_factory=dict)  # provenance, kept in summary.json
 
 
@@ -80,7 +97,10 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     if split not in prepared["splits"]:
         raise StoreError(f"{cfg.paths.prepared}: no split '{split}' (evaluate.split)")
     classes = list(prepared["classes"])
-    output = model_output(cfg, prepared)
+    outputs, skipped = model_outputs(cfg, prepared)
+    chosen, reason = choose_model(cfg.evaluate.model, outputs)
+    output = outputs[chosen]
+    log.info("evaluate: %s is the model (%s)", chosen, reason)
     evaluation = evaluate_predictions(
         output.probs,
         output.labels,
@@ -93,28 +113,115 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
         "split": split,
         "split_fingerprint": prepared["splits"][split]["fingerprint"],
         "model": output.model,
+        "reason": reason,
+        "skipped": skipped,
     }
     out = cfg.paths.evaluation
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     (out / METRICS).unlink(missing_ok=True)  # written last, so it marks a complete evaluation
-    save_predictions(out / PREDICTIONS, output.labels, evaluation.pred, output.probs, info)
+    # What register checks: that it registers the very model these predictions came from.
+    meta = {k: info[k] for k in ("split", "split_fingerprint", "model")}
+    meta["weights_sha256"] = output.details["weights_sha256"]
+    save_predictions(out / PREDICTIONS, output.labels, evaluation.pred, output.probs, meta)
     _write_tables(out, evaluation, classes)
     _write_plot_data(out / "plots", evaluation, output, classes)
     _write_pngs(cfg, out, evaluation, output, classes)
+    compared = _write_comparison(cfg, out / COMPARE, outputs, evaluation, info, classes)
     write_json(out / SUMMARY, _summary(info, evaluation, output, classes))
     write_json(out / METRICS, evaluation.scalars)
     log.info("evaluated %s on %s: %s", output.model, split, _fmt(evaluation.scalars))
-    return StageResult(outputs={"evaluation": out}, metrics=dict(evaluation.scalars), info=info)
+    metrics = dict(evaluation.scalars) | compared
+    return StageResult(outputs={"evaluation": out}, metrics=metrics, info=info)
 
 
-def model_output(cfg: Config, prepared: dict[str, Any]) -> ModelOutput:
-    """The one place that decides which model is evaluated and how it is run.
+def model_outputs(
+    cfg: Config, prepared: dict[str, Any]
+) -> tuple[dict[str, ModelOutput], dict[str, str]]:
+    """Every trained model's predictions on the evaluated split, and the models left out (why).
 
-    Today that is the head in ``paths.head`` applied to the cached features; a fine-tuned model
-    run on the prepared images plugs in here.
+    The head on cached features always counts (it must exist). A fine-tuned or scratch model
+    counts when its stage trained one from the current data (and, fine-tuned, the current
+    head); an out-of-date one is left out with a warning, unless ``evaluate.model`` asks for it.
     """
-    return head_on_cached_features(cfg, prepared)
+    outputs = {HEAD_ONLY: head_on_cached_features(cfg, prepared)}
+    skipped = {}
+    for name, folder in (("finetuned", cfg.paths.finetune), ("scratch", cfg.paths.scratch)):
+        record = read_record(folder)
+        if record is None or not record.get("trained"):
+            continue
+        problem = _stale(cfg, prepared, name, record)
+        if problem is None:
+            outputs[name] = trained_on_images(cfg, name, folder, record)
+        elif cfg.evaluate.model == name:
+            raise EvaluationError(f"{folder}: {problem}; rerun 'thawline stage {_stage(name)}'")
+        else:
+            log.warning("evaluate: leaving out %s (%s): %s", name, folder, problem)
+            skipped[name] = problem
+    if "finetuned" in outputs:  # fine-tuning starts from the head, which needed the features
+        head = outputs[HEAD_ONLY]
+        outputs["finetuned"].upstream_seconds = head.upstream_seconds + (head.train_seconds or 0)
+    return outputs, skipped
+
+
+def choose_model(wanted: str, outputs: dict[str, ModelOutput]) -> tuple[str, str]:
+    """``(model, reason)``: ``wanted``, or for ``best`` the candidate with the best val accuracy.
+
+    Raises:
+        EvaluationError: ``wanted`` names a model that was not trained.
+    """
+    if wanted != "best":
+        if wanted not in outputs:
+            raise EvaluationError(
+                f"evaluate.model: '{wanted}', but no such model was trained; run "
+                f"'thawline stage {_stage(wanted)}' or use evaluate.model: best"
+            )
+        return wanted, "set in params (evaluate.model)"
+    scored = {n: o.val_accuracy for n, o in outputs.items() if n in CANDIDATES}
+    if len(scored) == 1:
+        return HEAD_ONLY, "the only model trained (no fine-tuned model)"
+    if any(v is None for v in scored.values()):
+        return "finetuned", "no validation accuracy to compare: the fine-tuned model, trained last"
+    best = max(scored, key=lambda n: (scored[n], n == "finetuned"))  # ties: the fine-tuned one
+    table = ", ".join(f"{n} {v:.4f}" for n, v in scored.items())
+    return best, f"best validation accuracy ({table})"
+
+
+def _stale(cfg: Config, prepared: dict, name: str, record: dict) -> str | None:
+    if record.get("prepared_fingerprint") != prepared["fingerprint"]:
+        return f"trained on other prepared data than {cfg.paths.prepared} holds"
+    if name == "finetuned" and record.get("head_sha256") != sha256_file(cfg.paths.head / WEIGHTS):
+        return f"fine-tuned from another head than {cfg.paths.head} holds"
+    return None
+
+
+def _stage(model: str) -> str:
+    return {"finetuned": "finetune", "scratch": "scratch", HEAD_ONLY: "train_head"}[model]
+
+
+def trained_on_images(cfg: Config, name: str, folder: Path, record: dict) -> ModelOutput:
+    """Run a model trained on images (fine-tuned or scratch) over the evaluated split."""
+    model = load_trained(folder, record)
+    device = resolve_device("auto")
+    precision = resolve_precision("auto", device, model.preprocess.size)
+    data = load_split(cfg.paths.prepared, cfg.evaluate.split)
+    logits = predict_logits(model.to(device), data.images, precision=precision)
+    best = record.get("best") or {}
+    return ModelOutput(
+        probs=torch.softmax(logits.double(), dim=1).numpy(),  # float64: see head_on_cached...
+        labels=data.labels.numpy().astype(np.int64),
+        model=name,
+        history=list(record.get("history") or []),
+        train_seconds=record.get("seconds"),
+        val_accuracy=best.get("val_accuracy"),
+        details={
+            "folder": str(folder),
+            "strategy": record.get("strategy", name),
+            "reason": record.get("reason", ""),
+            "image_size": str(model.preprocess.size),
+            "weights_sha256": record["model_sha256"],
+        },
+    )
 
 
 def head_on_cached_features(cfg: Config, prepared: dict[str, Any]) -> ModelOutput:
@@ -152,7 +259,13 @@ def head_on_cached_features(cfg: Config, prepared: dict[str, Any]) -> ModelOutpu
         model=HEAD_ONLY,
         history=list(meta.get("history") or []),
         train_seconds=meta.get("seconds"),
-        details={"head": str(folder), "features_fingerprint": cache["fingerprint"]},
+        val_accuracy=probe_accuracy(meta),
+        upstream_seconds=float(cache.get("seconds") or 0.0),
+        details={
+            "head": str(folder),
+            "features_fingerprint": cache["fingerprint"],
+            "weights_sha256": sha256_file(folder / WEIGHTS),
+        },
     )
 
 
@@ -167,6 +280,31 @@ def _check_head_fits(spec: dict, width: int, num_classes: int, path: Path) -> No
             f"{path}: the head predicts {spec['num_classes']} classes but the data has "
             f"{num_classes}; rerun 'thawline stage train_head'"
         )
+
+
+def _write_comparison(
+    cfg: Config,
+    folder: Path,
+    outputs: dict[str, ModelOutput],
+    chosen: Evaluation,
+    info: dict,
+    classes: list[str],
+) -> dict[str, float]:
+    """``compare/<model>/`` for every evaluated model; their headline figures for MLflow."""
+    shutil.rmtree(folder, ignore_errors=True)  # a model that is no longer trained has no row
+    figures = {}
+    for name, output in outputs.items():
+        evaluation = chosen if name == info["model"] else evaluate_predictions(
+            output.probs, output.labels, classes, bins=cfg.evaluate.calibration_bins,
+            confused_top=cfg.evaluate.confused_top, gallery_size=0,
+        )  # fmt: skip
+        summary = _summary(info | {"model": name}, evaluation, output, classes)
+        write_json(folder / name / SUMMARY, summary | {"chosen": name == info["model"]})
+        write_json(folder / name / METRICS, evaluation.scalars)
+        figures[f"{name}_accuracy"] = evaluation.scalars["accuracy"]
+        if output.train_seconds is not None:
+            figures[f"{name}_train_seconds"] = float(output.train_seconds)
+    return figures
 
 
 def _write_tables(out: Path, evaluation: Evaluation, classes: list[str]) -> None:
@@ -257,6 +395,11 @@ def _summary(info: dict, ev: Evaluation, output: ModelOutput, classes: list[str]
         "classes": classes,
         "metrics": ev.scalars,
         "wall_time_s": output.train_seconds,
+        # with the stages it builds on: extract (+ train_head): transfer learning's real cost
+        "total_time_s": None
+        if output.train_seconds is None
+        else output.train_seconds + output.upstream_seconds,
+        "val_accuracy": output.val_accuracy,
         "details": output.details,
     }
 

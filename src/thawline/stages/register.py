@@ -1,7 +1,8 @@
 """``register``: log the complete model to MLflow; ``champion`` moves only through the gate.
 
-Builds the model the head was trained for: the configured backbone and weights, the layers
-hooked at extraction, and the exact preprocessing recorded in the feature manifest. Saves it to
+Takes the model ``evaluate`` chose: the fine-tuned one, or the one the head was trained for (the
+configured backbone and weights, the layers hooked at extraction, and the exact preprocessing
+recorded in the feature manifest). Saves it to
 ``paths.model`` (safetensors + JSON), registers it as a new version with the alias ``challenger``,
 then pairs its evaluated predictions with the champion's (McNemar on the same pinned split) and
 moves ``champion`` only if the challenger wins. The decision goes to ``paths.registration``.
@@ -23,10 +24,12 @@ from thawline.data.store import load_split, read_manifest
 from thawline.evaluation import EvaluationError
 from thawline.evaluation.gate import Decision, champion_gate
 from thawline.evaluation.predictions import PREDICTIONS, SavedPredictions, load_predictions
-from thawline.files import write_json
-from thawline.models.classifier import save_classifier
+from thawline.files import sha256_file, write_json
+from thawline.models.classifier import Classifier, save_classifier
+from thawline.models.head import WEIGHTS as HEAD_WEIGHTS
 from thawline.stages import StageResult
 from thawline.stages.assemble import build_model
+from thawline.stages.trained_model import load_trained, read_record
 from thawline.tracking import stage_run
 from thawline.tracking.registry import (
     Registered,
@@ -57,7 +60,7 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
         RegistryError: The champion alias is gone (its version was deleted): never guessed.
     """
     evaluated = evaluated_predictions(cfg)
-    model_dir = save_classifier(build_model(cfg), cfg.paths.model)
+    model_dir = save_classifier(evaluated_model(cfg, evaluated), cfg.paths.model)
     if cfg.tracking.enabled:
         with stage_run(cfg, "register") as tracker:
             record = register_and_gate(cfg, tracker, model_dir, evaluated)
@@ -93,6 +96,28 @@ def evaluated_predictions(cfg: Config) -> SavedPredictions:
             "rerun 'thawline stage evaluate'"
         )
     return saved
+
+
+def evaluated_model(cfg: Config, evaluated: SavedPredictions) -> Classifier:
+    """The complete model that ``evaluate`` chose and scored: the head's, or the fine-tuned one.
+
+    Raises:
+        EvaluationError: The model on disk is not the one evaluated (rerun evaluate).
+    """
+    chosen = evaluated.meta["model"]
+    if chosen == "finetuned":
+        record = read_record(cfg.paths.finetune) or {}
+        model = load_trained(cfg.paths.finetune, record)
+        weights = record["model_sha256"]
+    else:
+        model = build_model(cfg)
+        weights = sha256_file(cfg.paths.head / HEAD_WEIGHTS)
+    if evaluated.meta.get("weights_sha256", weights) != weights:
+        raise EvaluationError(
+            f"{cfg.paths.evaluation / PREDICTIONS}: evaluated another {chosen} model than the "
+            "one on disk; rerun 'thawline stage evaluate'"
+        )
+    return model
 
 
 def register_and_gate(

@@ -42,8 +42,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
-    """``auto``: bf16 where the hardware has it natively, else fp16 + GradScaler on CUDA, else fp32.
+# Measured on this project's 2-core AVX512-BF16 CPU, full Lite0 fine-tuning at batch 64: bf16
+# autocast is 0.6x fp32 at 64 px and 0.8x at 96 px, but 1.3x at 128 px (small convolutions
+# spend more on casting than they save). bench/finetune.py measures it.
+CPU_BF16_MIN_SIZE = 112
+
+
+def resolve_precision(
+    precision: str, device: torch.device, image_size: int | None = None
+) -> Precision:
+    """``auto``: bf16 where the hardware has it natively (on CPU only for inputs of at least
+    ``CPU_BF16_MIN_SIZE`` px, where it is faster), else fp16 + GradScaler on CUDA, else fp32.
 
     Raises:
         ValueError: fp16 on a CPU (no GradScaler-backed fp16 training there).
@@ -55,7 +64,9 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
         if cuda:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            precision = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+            native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+            large = image_size is None or image_size >= CPU_BF16_MIN_SIZE
+            precision = "bf16" if native and large else "fp32"
     if precision == "fp32":
         return Precision(None)
     if precision == "bf16":

@@ -7,6 +7,10 @@ every epoch. It reports through ``on_epoch_end`` and never logs to a tracker.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +52,10 @@ from thawline.training.unfreeze import (
 )
 from thawline.training.validate import evaluate_images, improved
 
+log = logging.getLogger(__name__)
 Data = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, 3, S, S], int64 labels [N]
+# The code a checkpoint's training depends on: changed code starts a new checkpoint series.
+CODE = [Path(__file__).parents[1] / name for name in ("training", "models")]
 
 
 @dataclass
@@ -59,6 +66,8 @@ class FineTuneResult:
     best: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0  # training + validation time, summed over resumed runs
     resumed_from: int = 0  # the epoch of the checkpoint this run continued from (0 = none)
+    checkpoints: Path | None = None  # this run's checkpoint series
+    precision: str = "fp32"
 
 
 def fine_tune(
@@ -80,8 +89,11 @@ def fine_tune(
         val: Validation images and labels, or None (then the last epoch is kept).
         opts: The ``finetune`` params section.
         seed: Fixes shuffling, augmentation and dropout.
-        checkpoint_dir: Folder of per-epoch checkpoints; with ``opts.resume`` the newest complete
-            one is continued from, otherwise the folder is cleared first.
+        checkpoint_dir: Folder of checkpoint series, one subfolder per run plan (settings,
+            starting weights, data, code), so changed params start afresh and changing them
+            back resumes. With ``opts.resume`` the plan's newest complete checkpoint is
+            continued from, otherwise its series is cleared first. A finished run removes the
+            other series.
         on_epoch_end: Called with ``(epoch, metrics)`` after each epoch's checkpoint is written.
         progress: Show a progress bar (images/s and the current phase).
 
@@ -91,17 +103,42 @@ def fine_tune(
     Raises:
         NonFiniteLossError: The loss, a gradient norm or a weight became NaN/inf; no checkpoint
             of that epoch is written.
-        CheckpointError: Checkpoints exist but none is complete, or they belong to other
-            settings or data.
+        CheckpointError: Checkpoints of this plan exist but none is complete.
     """
     device = resolve_device(opts.device)
-    precision = resolve_precision(opts.precision, device)
-    checkpoint_dir = Path(checkpoint_dir)
+    precision = resolve_precision(opts.precision, device, model.preprocess.size)
     with deterministic(opts.deterministic):
         trainer = _Trainer(model, train, val, opts, seed, device, precision)
-        resumed = trainer.start(checkpoint_dir)
-        trainer.fit(checkpoint_dir, on_epoch_end, progress)
-    return trainer.result(resumed)
+        series = Path(checkpoint_dir) / trainer.plan_id()
+        resumed = trainer.start(series)
+        trainer.fit(series, on_epoch_end, progress)
+    _remove_other_series(series)
+    return trainer.result(resumed, series)
+
+
+def _remove_other_series(series: Path) -> None:
+    """A finished run makes other plans' checkpoints (older params, an interrupted run) moot."""
+    for other in series.parent.iterdir() if series.parent.is_dir() else []:
+        if other.is_dir() and other != series and not other.name.startswith("."):
+            log.info("finetune: removing checkpoints of another plan: %s", other)
+            shutil.rmtree(other, ignore_errors=True)
+
+
+def digest(tensors: list[torch.Tensor]) -> str:
+    """sha256 over the tensors' bytes (what the run starts from: weights, images, labels)."""
+    h = hashlib.sha256()
+    for tensor in tensors:
+        h.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 of the training and model source files."""
+    h = hashlib.sha256()
+    for path in sorted(p for folder in CODE for p in folder.rglob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
 
 
 def steps_per_epoch(count: int, batch_size: int) -> int:
@@ -132,6 +169,9 @@ class _Trainer:
         self.history: list[dict[str, float]] = []
         self.best_epoch, self.best = 0, {}
         self.best_state: dict[str, torch.Tensor] | None = None
+        state = model.state_dict()
+        data = [*train, *(val or ())]
+        self.start_digest = digest([state[k] for k in sorted(state)] + list(data))
 
     def plan(self) -> dict:
         """What must match for a checkpoint to continue this run exactly."""
@@ -145,7 +185,14 @@ class _Trainer:
             "train_size": len(self.train[1]),
             "val_size": 0 if self.val is None else len(self.val[1]),
             "precision": self.precision.name,
+            "start": self.start_digest,
+            "code": code_digest(),
         }
+
+    def plan_id(self) -> str:
+        """A short name for this plan: its checkpoint series' folder."""
+        text = json.dumps(self.plan(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def start(self, folder: Path) -> int:
         """Resume from the newest complete checkpoint (or clear them all); the epoch resumed."""
@@ -203,7 +250,8 @@ class _Trainer:
             "phase": index + 1,
             "unfrozen_groups": self.phases[index].groups,
             "train_loss": train_loss,
-            "lr": self.optimizer.param_groups[-1]["lr"],
+            "lr_head": self.lrs[index][-1],  # the phase's peak LRs, head and top group
+            "lr_top": self.lrs[index][-2],
             "images_per_second": self.steps * self._batch() / train_seconds,
         }
         if self.val is not None:
@@ -308,11 +356,12 @@ class _Trainer:
             "finished": self.finished,
         }
 
-    def result(self, resumed: int) -> FineTuneResult:
+    def result(self, resumed: int, series: Path) -> FineTuneResult:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         release(self.model)
         model = self.model.to("cpu").eval()
         return FineTuneResult(
-            model, self.history, self.best_epoch, self.best, self.seconds, resumed_from=resumed
-        )
+            model, self.history, self.best_epoch, self.best, self.seconds,
+            resumed_from=resumed, checkpoints=series, precision=self.precision.name,
+        )  # fmt: skip

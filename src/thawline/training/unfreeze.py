@@ -36,6 +36,10 @@ def resolve_phases(opts: Finetune, num_groups: int) -> list[Phase]:
         ValueError: A custom phase asks for more groups than the backbone has.
     """
     epochs, lr = opts.epochs_per_phase, opts.base_lr
+    if opts.strategy == "auto":
+        raise ValueError(
+            "finetune.strategy: 'auto' is resolved to a preset by choose_strategy before training"
+        )
     if opts.strategy == "head_only":
         return [Phase(0, epochs, lr)]
     if opts.strategy == "full":

@@ -12,6 +12,19 @@ FP32 = Precision(None)
 
 
 @torch.inference_mode()
+def predict_logits(
+    model: Classifier, images: torch.Tensor, *, batch_size: int = 256, precision: Precision = FP32
+) -> torch.Tensor:
+    """float32 logits of ``model`` (in eval mode, on its device) for uint8 images, on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for chunk in images.split(batch_size):
+        with autocast(device, precision):
+            outputs.append(model(chunk.to(device)).float().cpu())
+    return torch.cat(outputs)
+
+
 def evaluate_images(
     model: Classifier,
     images: torch.Tensor,
@@ -22,13 +35,7 @@ def evaluate_images(
     loss_fn: nn.Module | None = None,
 ) -> dict[str, float]:
     """Validation loss and accuracy of ``model`` on uint8 images (eval preprocessing)."""
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = []
-    for chunk in images.split(batch_size):
-        with autocast(device, precision):
-            outputs.append(model(chunk.to(device)).float().cpu())
-    logits = torch.cat(outputs)
+    logits = predict_logits(model, images, batch_size=batch_size, precision=precision)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     return {
         "val_loss": float(loss_fn(logits, labels.long())),

@@ -1,0 +1,108 @@
+"""A model trained on the prepared images (``finetune`` and ``scratch``): training and its folder.
+
+Both stages write the same layout, which ``evaluate`` reads back::
+
+    <folder>/model/        model.safetensors + model.json (load_classifier)
+    <folder>/record.json   what was trained and how: strategy and reason, history, best epoch,
+                           seconds, and the fingerprints it started from (staleness checks)
+
+and keep resumable per-epoch checkpoints in ``paths.checkpoints/<stage>/<plan>/`` (outside the
+stage's DVC output, which DVC deletes before rerunning a stage: a rerun after a crash resumes).
+
+A stage that decides not to train (``finetune`` with strategy head_only, ``scratch`` disabled)
+writes only ``record.json`` with ``trained: false`` and removes any older ``model/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from thawline.config import Config, Finetune
+from thawline.data.store import load_split, read_manifest
+from thawline.evaluation import EvaluationError
+from thawline.files import read_json, sha256_file, write_json
+from thawline.models.classifier import WEIGHTS, Classifier, load_classifier, save_classifier
+from thawline.stages import StageResult, training_metrics
+from thawline.training.finetune import fine_tune
+from thawline.training.fit_head import EpochCallback
+
+log = logging.getLogger(__name__)
+RECORD, MODEL = "record.json", "model"
+
+
+def train_and_save(
+    cfg: Config,
+    model: Classifier,
+    opts: Finetune,
+    folder: Path,
+    record: dict[str, Any],
+    *,
+    checkpoints: Path,
+    on_epoch_end: EpochCallback | None,
+    progress: bool,
+) -> StageResult:
+    """Train ``model`` on the prepared train split (best epoch by val) and write ``folder``.
+
+    ``record`` (strategy, reason, start fingerprints...) is saved with the training results.
+    """
+    splits = read_manifest(cfg.paths.prepared)["splits"]
+    train = load_split(cfg.paths.prepared, "train")
+    val = load_split(cfg.paths.prepared, "val") if splits.get("val", {}).get("count") else None
+    (folder / RECORD).unlink(missing_ok=True)  # written last: marks a complete result
+    result = fine_tune(
+        model, (train.images, train.labels), None if val is None else (val.images, val.labels),
+        opts, cfg.seed, checkpoint_dir=checkpoints, on_epoch_end=on_epoch_end,
+        progress=progress,
+    )  # fmt: skip
+    if result.resumed_from:
+        log.info("%s: resumed from the checkpoint of epoch %d", folder, result.resumed_from)
+    model_dir = save_classifier(result.model, folder / MODEL)
+    epochs = len(result.history)
+    metrics = training_metrics(result.best, result.best_epoch, epochs, result.seconds)
+    record = record | {
+        "trained": True,
+        "precision": result.precision,
+        "image_size": result.model.preprocess.size,
+        "best_epoch": result.best_epoch,
+        "best": result.best,
+        "seconds": result.seconds,
+        "resumed_from": result.resumed_from,
+        "history": result.history,
+        "model_sha256": sha256_file(model_dir / WEIGHTS),
+    }
+    write_json(folder / RECORD, record)
+    info = {k: v for k, v in record.items() if k != "history"}
+    outputs = {"model": model_dir, "record": folder / RECORD}
+    return StageResult(outputs=outputs, metrics=metrics, info=info)
+
+
+def skip(folder: Path, record: dict[str, Any]) -> StageResult:
+    """Record that nothing was trained (and why); remove an older model so none looks current."""
+    shutil.rmtree(folder / MODEL, ignore_errors=True)
+    write_json(folder / RECORD, record | {"trained": False})
+    log.info("%s: %s", folder, record.get("reason", "not trained"))
+    return StageResult(outputs={"record": folder / RECORD}, info=record | {"trained": False})
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The stage's record, or None when the stage never finished in ``folder``."""
+    path = folder / RECORD
+    return read_json(path) if path.is_file() else None
+
+
+def load_trained(folder: Path, record: dict[str, Any]) -> Classifier:
+    """The trained model of ``folder``, checked to be the one its record describes.
+
+    Raises:
+        EvaluationError: The model is missing or is not the one the record was written for.
+    """
+    weights = folder / MODEL / WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != record.get("model_sha256"):
+        raise EvaluationError(
+            f"{weights}: missing or not the model {folder / RECORD} describes; rerun the stage "
+            "that wrote it"
+        )
+    return load_classifier(folder / MODEL)

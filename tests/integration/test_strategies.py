@@ -1,0 +1,105 @@
+"""The three models side by side on tiny real data: the head on cached features, the fine-tuned
+model and the from-scratch baseline; evaluate's choice, register taking the chosen model, the
+report's comparison table, and strategy ``auto`` in the stage."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from tests.conftest import small_config
+from thawline.evaluation import EvaluationError
+from thawline.files import read_json, sha256_file
+from thawline.models.classifier import WEIGHTS, load_classifier
+from thawline.reporting.html import write_report
+from thawline.reporting.results import read_results, strategy_folders
+from thawline.stages import evaluate, extract, finetune, register, scratch, train_head
+
+ONE_EPOCH = {"strategy": "full", "epochs_per_phase": 1, "batch_size": 32, "image_size": 32,
+             "precision": "fp32", "device": "cpu"}  # fmt: skip
+
+
+def config(tmp, prepared, **sections):
+    names = ("features", "head", "model", "evaluation", "finetune", "scratch", "checkpoints")
+    paths = {name: str(tmp / name) for name in names}
+    paths |= {"prepared": str(prepared), "registration": str(tmp / "registration.json"),
+              "report": str(tmp / "report.html")}  # fmt: skip
+    tracking = {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "artifacts": str(tmp / "mlruns")}
+    return small_config(tmp, paths=paths, tracking=tracking, head={"epochs": 5}, **sections)
+
+
+@pytest.fixture(scope="module")
+def trained(prepared_small, tmp_path_factory):
+    """prepare -> extract -> train_head -> finetune (full, 1 epoch) -> scratch (1 epoch)."""
+    tmp = tmp_path_factory.mktemp("strategies")
+    cfg = config(tmp, prepared_small.paths.prepared, finetune=ONE_EPOCH,
+                 scratch={"enabled": True})  # fmt: skip
+    extract.run(cfg, progress=False)
+    train_head.run(cfg, progress=False)
+    finetune.run(cfg, progress=False)
+    result = scratch.run(cfg, progress=False)
+    assert result.metrics["epochs"] == 1  # the fine-tune's budget: one epoch
+    return cfg
+
+
+def test_evaluate_scores_every_model_and_chooses_by_validation(trained):
+    result = evaluate.run(trained, progress=False)
+    rows = {row["strategy"]: row for row in read_results(strategy_folders(trained))}
+    assert list(rows) == ["head_only", "finetuned", "scratch"]
+    assert rows["finetuned"]["how"] == "full"
+    assert all(0 <= row["accuracy"] <= 1 and row["split"] == "test" for row in rows.values())
+    assert rows["scratch"]["wall_time_s"] > 0 and rows["finetuned"]["wall_time_s"] > 0
+    # fine-tuning's total includes the extraction and head it started from
+    assert rows["finetuned"]["total_time_s"] > rows["finetuned"]["wall_time_s"]
+    val = {n: rows[n]["val_accuracy"] for n in ("head_only", "finetuned")}
+    expected = "finetuned" if val["finetuned"] >= val["head_only"] else "head_only"
+    assert result.info["model"] == expected and rows[expected]["chosen"]
+    assert not rows["scratch"]["chosen"]  # a baseline is never the registered model
+    summary = read_json(trained.paths.evaluation / "summary.json")
+    assert summary["model"] == expected and "validation accuracy" in summary["reason"]
+    assert {"head_only_accuracy", "finetuned_accuracy", "scratch_accuracy"} <= set(result.metrics)
+    page = write_report(trained).read_text()
+    assert "scratch" in page and "finetuned" in page and "(chosen)" in page
+
+
+def test_register_takes_the_fine_tuned_model_when_it_is_chosen(trained, tmp_path):
+    cfg = trained.model_copy(update={"evaluate": trained.evaluate.model_copy(
+        update={"model": "finetuned"})})  # fmt: skip
+    evaluate.run(cfg, progress=False)
+    record = register.run(cfg, progress=False).info
+    assert record["registered"] and record["version"] == 1
+    fine = cfg.paths.finetune / "model" / WEIGHTS
+    assert sha256_file(cfg.paths.model / WEIGHTS) == sha256_file(fine)
+    assert load_classifier(cfg.paths.model).preprocess.size == 32
+
+
+def test_a_stale_fine_tuned_model_is_left_out_or_refused(trained, tmp_path, caplog):
+    """After the head is retrained, the fine-tuned model no longer starts from it."""
+    cfg = config(tmp_path, trained.paths.prepared, finetune=ONE_EPOCH)
+    cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={
+        "features": trained.paths.features, "finetune": trained.paths.finetune})})  # fmt: skip
+    train_head.run(cfg.model_copy(update={"seed": 1}), progress=False)  # another head
+    with caplog.at_level(logging.WARNING):
+        result = evaluate.run(cfg, progress=False)
+    assert result.info["model"] == "head_only"
+    assert "another head" in result.info["skipped"]["finetuned"]
+    assert "leaving out finetuned" in caplog.text
+    wanted = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
+        update={"model": "finetuned"})})  # fmt: skip
+    with pytest.raises(EvaluationError, match="another head.*thawline stage finetune"):
+        evaluate.run(wanted, progress=False)
+
+
+def test_auto_on_a_small_set_keeps_the_head_and_trains_nothing(trained, tmp_path):
+    cfg = config(tmp_path, trained.paths.prepared, finetune={"strategy": "auto"})
+    cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={
+        "features": trained.paths.features, "head": trained.paths.head})})  # fmt: skip
+    result = finetune.run(cfg, progress=False)
+    record = json.loads((cfg.paths.finetune / "record.json").read_text())
+    assert record["strategy"] == "head_only" and not record["trained"]
+    assert "< 1,000" in record["reason"] and result.info["strategy"] == "head_only"
+    assert not (cfg.paths.finetune / "model").exists()
+    disabled = scratch.run(cfg, progress=False)  # scratch.enabled defaults to false
+    assert not disabled.info["trained"] and "scratch.enabled" in disabled.info["reason"]
