@@ -15,6 +15,7 @@ manifest's sha256 before it is used.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from safetensors import safe_open
 from thawline.files import read_json, sha256_file
 
 MANIFEST = "manifest.json"
+_SHARD_NAME = re.compile(r"[a-z]+-\d{5,}\.safetensors")
 
 
 class CacheError(RuntimeError):
@@ -102,7 +104,22 @@ def cache_is_complete(folder: Path, fingerprint: str) -> bool:
 def verify_shards(folder: Path, manifest: dict[str, Any]) -> None:
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            _verify(folder / shard["file"], shard["sha256"])
+            _verify(shard_path(folder, shard["file"]), shard["sha256"])
+
+
+def shard_path(folder: Path, name: str) -> Path:
+    """``folder / name`` for a shard file name from the manifest, checked before any open.
+
+    Raises:
+        CacheError: The name is not a plain shard file name (a path, ``..``, an absolute path):
+            a tampered manifest must not make thawline read files outside the cache.
+    """
+    if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+        raise CacheError(
+            f"{folder / 'manifest.json'}: shard file {name!r} is not a plain shard name like "
+            "'train-00000.safetensors'; the manifest was altered. Rerun 'thawline stage extract'"
+        )
+    return folder / name
 
 
 def _verify(path: Path, expected: str) -> None:
@@ -130,7 +147,7 @@ def load_features(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]
         raise CacheError(f"{folder}: no split '{split}'; have {sorted(manifest['splits'])}")
     features, labels = [], []
     for shard in manifest["splits"][split]["shards"]:
-        path = folder / shard["file"]
+        path = shard_path(folder, shard["file"])
         _verify(path, shard["sha256"])
         with safe_open(str(path), framework="pt") as f:
             features.append(f.get_tensor("features"))

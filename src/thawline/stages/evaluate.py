@@ -84,8 +84,8 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
 
     Args:
         cfg: The config; reads ``paths``, ``evaluate``.
-        progress: Accepted like every stage's; scoring a head on cached features takes under
-            a second, so there is nothing to show.
+        progress: Accepted like every stage's; scoring takes seconds (the head reads cached
+            features, image models run over one split), so there is nothing to show.
 
     Raises:
         StoreError: No prepared data, or no such split.
@@ -148,6 +148,10 @@ def model_outputs(
     skipped = {}
     for name, folder in (("finetuned", cfg.paths.finetune), ("scratch", cfg.paths.scratch)):
         record = read_record(folder)
+        if record is None and (folder / "model").exists():
+            problem = f"no record.json: the last '{_stage(name)}' did not finish"
+            log.warning("evaluate: leaving out %s (%s): %s", name, folder, problem)
+            skipped[name] = problem
         if record is None or not record.get("trained"):
             continue
         problem = _stale(cfg, prepared, name, record)
