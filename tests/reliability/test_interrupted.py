@@ -32,15 +32,20 @@ main(["stage", "extract", "-q", "-p", sys.argv[1]])
 """
 
 
-def test_kill_mid_shard_write_never_leaves_a_partial_shard_under_its_name(prepared_small, tmp_path):
-    features = tmp_path / "features"
+def killed_extraction(prepared_small, tmp_path, features):
+    """Run KILLED_MID_WRITE on the shared prepared store; the finished process."""
     params = tmp_path / "params.yaml"
     params.write_text(
         f"paths: {{prepared: {prepared_small.paths.prepared}, features: {features}}}\n"
         "extract: {image_size: 32, batch_size: 16, shard_size: 16, num_workers: 0}\n"
         "tracking: {enabled: false}\n"
     )
-    done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(params)], cwd=REPO)
+    return subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(params)], cwd=REPO)
+
+
+def test_kill_mid_shard_write_never_leaves_a_partial_shard_under_its_name(prepared_small, tmp_path):
+    features = tmp_path / "features"
+    done = killed_extraction(prepared_small, tmp_path, features)
     assert done.returncode == -9
     shards = sorted(features.glob("*.safetensors"))
     assert len(shards) == 2, "the two shards before the killed write are complete"
@@ -63,13 +68,7 @@ def test_kill_mid_shard_write_never_leaves_a_partial_shard_under_its_name(prepar
 def test_a_stage_after_a_killed_extraction_refuses_the_partial_cache(prepared_small, tmp_path):
     """A killed stage leaves no manifest, so the next stage stops instead of training on it."""
     features = tmp_path / "features"
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        f"paths: {{prepared: {prepared_small.paths.prepared}, features: {features}}}\n"
-        "extract: {image_size: 32, batch_size: 16, shard_size: 16, num_workers: 0}\n"
-        "tracking: {enabled: false}\n"
-    )
-    subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(params)], cwd=REPO)
+    killed_extraction(prepared_small, tmp_path, features)
     cfg = small_config(
         tmp_path,
         paths={"prepared": str(prepared_small.paths.prepared), "features": str(features),
