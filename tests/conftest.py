@@ -11,10 +11,12 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from thawline.config import Config, config_from_dict
+from thawline.config import Config, Paths, config_from_dict
 from thawline.data.sources import DEBIAN_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_pickle():
+    """No model load in the tests (or in servers they start) may unpickle: MLflow refuses to."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,9 +52,11 @@ def keep_tracking_uri():
 
 
 def small_config(tmp: Path, **sections) -> Config:
-    """A config for ~20 images per class and split, 32 px inputs, paths under ``tmp``."""
+    """A config for ~20 images per class and split, 32 px inputs, every path under ``tmp``."""
+    # Every output under tmp (never the repo's data/, models/, reports/ from a real run).
+    paths = {name: str(tmp / default) for name, default in Paths().model_dump().items()}
     raw = {
-        "paths": {"prepared": str(tmp / "prepared"), "features": str(tmp / "features")},
+        "paths": paths | {"prepared": str(tmp / "prepared"), "features": str(tmp / "features")},
         "prepare": {"limit_per_class": 20},
         "extract": {"image_size": 32, "batch_size": 32},
     }
@@ -73,6 +85,22 @@ def prepared_small(tmp_path_factory) -> Config:
 
 
 @pytest.fixture(scope="session")
+def finetune_data(prepared_small):
+    """96 training and 48 validation images for the tiny fine-tunes of tests/finetune_support."""
+    from tests.finetune_support import tiny_data
+
+    return tiny_data(prepared_small.paths.prepared)
+
+
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, classes=("a", "b", "c")):
+    """An image folder: ``root/<class>/<index>.png``, class ``classes[label % len(classes)]``."""
+    for i, (img, y) in enumerate(zip(images, labels, strict=True)):
+        folder = root / classes[int(y) % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist_arrays() -> tuple:
     """The first 200 training images and labels of Fashion-MNIST, as numpy arrays."""
     from thawline.data.sources import read_idx
@@ -92,3 +120,19 @@ def torchvision_fashion_root(tmp_path: Path) -> Path:
         with gzip.open(gz) as src, open(raw / gz.stem, "wb") as dst:
             shutil.copyfileobj(src, dst)
     return tmp_path / "tv"
+
+
+@pytest.fixture(scope="session")
+def registry_pipeline(prepared_small, tmp_path_factory):
+    """Features and four fitted heads for the registry tests (tests/registry_support.py)."""
+    from tests.registry_support import make_pipeline
+
+    return make_pipeline(prepared_small, tmp_path_factory.mktemp("register"))
+
+
+@pytest.fixture(scope="session")
+def registry_scenario(registry_pipeline):
+    """Three registrations: medium (champion), bad (refused), good (moves the champion)."""
+    from tests.registry_support import register_scenario
+
+    return register_scenario(registry_pipeline)

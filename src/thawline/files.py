@@ -45,12 +45,31 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+# safetensors writes a metadata dict in hash-map order, which differs from run to run: two runs
+# with identical tensors gave files with different sha256, so DVC saw "changed" outputs and reran
+# every downstream stage. One key holding sorted JSON makes the bytes a function of the content.
+METADATA_KEY = "thawline"
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    """Write a safetensors file atomically and return its sha256."""
+    """Write a safetensors file atomically, byte-for-byte reproducible; return its sha256.
+
+    Read the metadata back with :func:`tensor_metadata`.
+    """
+    packed = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=packed)
         digest = sha256_file(tmp)
     return digest
+
+
+def tensor_metadata(handle: Any) -> dict[str, str]:
+    """The metadata that :func:`save_tensors` stored, from an open ``safe_open`` handle."""
+    raw = handle.metadata() or {}
+    try:
+        return json.loads(raw[METADATA_KEY]) if METADATA_KEY in raw else {}
+    except ValueError:
+        return {}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -1,4 +1,5 @@
-"""Data that changes behind thawline's back: images rewritten in place, tampered manifests."""
+"""Data that changes behind thawline's back (RELIABILITY.md 3, 4, 11): flipped bytes in a feature
+shard, images rewritten in place, symlinks out of the data root, tampered manifests."""
 
 from __future__ import annotations
 
@@ -9,10 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import small_config
+from tests.conftest import small_config, write_folder
+from thawline.data.images import BadImageError
 from thawline.data.store import read_manifest
 from thawline.features.cache import CacheError, load_features
 from thawline.stages import extract, prepare
+
+
+def cached(prepared_small, tmp_path):
+    """A feature cache of the shared prepared store in ``tmp_path``; its config."""
+    cfg = small_config(
+        tmp_path,
+        paths={"prepared": str(prepared_small.paths.prepared), "features": str(tmp_path / "f")},
+    )
+    extract.run(cfg, progress=False)
+    return cfg
 
 
 def test_image_rewritten_in_place_with_same_size_and_mtime_is_noticed(
@@ -54,11 +66,7 @@ def test_image_rewritten_in_place_with_same_size_and_mtime_is_noticed(
 def test_a_manifest_pointing_outside_the_cache_is_refused_before_any_open(
     prepared_small, tmp_path, name
 ):
-    cfg = small_config(
-        tmp_path,
-        paths={"prepared": str(prepared_small.paths.prepared), "features": str(tmp_path / "f")},
-    )
-    extract.run(cfg, progress=False)
+    cfg = cached(prepared_small, tmp_path)
     path = cfg.paths.features / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["splits"]["train"]["shards"][0]["file"] = name
@@ -66,3 +74,32 @@ def test_a_manifest_pointing_outside_the_cache_is_refused_before_any_open(
     with pytest.raises(CacheError, match="not a plain shard name.*manifest was altered"):
         load_features(cfg.paths.features, "train")
     assert np.isfinite(load_features(cfg.paths.features, "val")[0].float().numpy()).all()
+
+
+def test_flipped_byte_in_a_shard_is_refused_naming_the_file(prepared_small, tmp_path):
+    cfg = cached(prepared_small, tmp_path)
+    shard = cfg.paths.features / "train-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(
+        CacheError,
+        match=r"train-00000.safetensors: sha256 is [0-9a-f]{64}, "
+        r"the manifest expects [0-9a-f]{64}",
+    ):
+        load_features(cfg.paths.features, "train")
+    # A rerun notices the damage, recomputes that shard and the cache loads again.
+    assert extract.run(cfg, progress=False).metrics["images_computed"] > 0
+    load_features(cfg.paths.features, "train")
+
+
+def test_symlink_leaving_the_root_is_refused(tmp_path, fashion_mnist_arrays):
+    images, labels = fashion_mnist_arrays
+    root = tmp_path / "photos"
+    write_folder(root, images[:30], labels[:30])
+    secret = tmp_path / "secret.png"
+    Image.fromarray(images[0]).save(secret)
+    os.symlink(secret, root / "a" / "escape.png")
+    cfg = small_config(tmp_path, data={"source": "imagefolder", "root": str(root)})
+    with pytest.raises(BadImageError, match="escape.png: symlink leaves the data root"):
+        prepare.run(cfg, progress=False)

@@ -1,15 +1,29 @@
-"""Interrupted work: real SIGKILLs in the middle of writing, then a rerun."""
+"""Interrupted work (RELIABILITY.md 1, 2, 5, 6): real SIGKILLs in the middle of extraction and of
+fine-tuning, damaged checkpoints, and resumes that equal a run without a break."""
 
 from __future__ import annotations
 
+import logging
+import shutil
 import subprocess
 import sys
 
+import pytest
+import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from tests.conftest import REPO, small_config
+from tests.finetune_support import Stop, comparable, run, series
 from thawline.features.cache import CacheError, load_features
 from thawline.stages import extract, train_head
+from thawline.training.checkpoint import (
+    COMPLETE,
+    CheckpointError,
+    checkpoint_dirs,
+    load_checkpoint,
+    load_latest,
+)
 
 # Extraction whose third shard write dies half way: the process writes half of the real bytes
 # to the path it was given, syncs them to disk and SIGKILLs itself, as a crash mid-write would.
@@ -81,3 +95,90 @@ def test_a_stage_after_a_killed_extraction_refuses_the_partial_cache(prepared_sm
     else:
         raise AssertionError("train_head trained on a cache without a manifest")
     assert not (tmp_path / "head").exists()
+
+
+@pytest.fixture(scope="module")
+def straight(finetune_data, tmp_path_factory):
+    """Two epochs (top group, then everything) without a break: what every resume must equal."""
+    folder = tmp_path_factory.mktemp("straight")
+    result = run(finetune_data, folder)
+    assert result.checkpoints == series(folder)
+    return result, folder
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_resume_after_interruption_equals_straight_run(finetune_data, straight, tmp_path):
+    whole, whole_dir = straight
+    with pytest.raises(Stop):
+        run(finetune_data, tmp_path, stop_after=1)
+    assert [p.name for p in checkpoint_dirs(series(tmp_path))] == ["epoch-0001"]
+    resumed = run(finetune_data, tmp_path)
+    assert resumed.resumed_from == 1
+    assert comparable(resumed.history) == comparable(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    same_weights(whole.model, resumed.model)
+    last = load_file(str(series(whole_dir) / "epoch-0002" / "model.safetensors"))
+    again = load_file(str(series(tmp_path) / "epoch-0002" / "model.safetensors"))
+    assert all(torch.equal(v, again[k]) for k, v in last.items())
+    state = load_checkpoint(series(tmp_path) / "epoch-0002").state
+    assert state["phase"] == 1 and state["epoch"] == 2
+    assert state["unfrozen_groups"] == list(range(8))
+    assert {"optimizer", "scheduler", "scaler", "rng"} <= set(state)
+
+
+def test_finished_run_resumes_to_its_result_and_other_settings_start_afresh(
+    finetune_data, straight, tmp_path
+):
+    whole, _ = straight
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(whole.checkpoints, folder / whole.checkpoints.name)
+    again = run(finetune_data, folder)  # every epoch is checkpointed: nothing left to train
+    assert again.resumed_from == 2 and again.history == whole.history
+    same_weights(whole.model, again.model)
+    # Other params (as after `dvc exp run -S ...`) are another plan: a new series from epoch 0;
+    # once it finishes, the old plan's checkpoints are removed.
+    other = run(finetune_data, folder, batch_size=48)
+    assert other.resumed_from == 0 and other.checkpoints.name != whole.checkpoints.name
+    assert series(folder) == other.checkpoints
+
+
+# Fine-tuning that SIGKILLs itself right after the first epoch's checkpoint.
+KILLED_FINETUNE = """
+import os, signal, sys
+from pathlib import Path
+from tests.finetune_support import run, tiny_data
+kill = lambda epoch, metrics: os.kill(os.getpid(), signal.SIGKILL)
+run(tiny_data(Path(sys.argv[1])), Path(sys.argv[2]), on_epoch_end=kill)
+"""
+
+
+def test_resume_after_sigkill_equals_straight_run(
+    finetune_data, straight, prepared_small, tmp_path
+):
+    """A real SIGKILL right after the first checkpoint, then a resume in this process."""
+    prepared = str(prepared_small.paths.prepared)
+    command = [sys.executable, "-c", KILLED_FINETUNE, prepared, str(tmp_path)]
+    assert subprocess.run(command, cwd=REPO).returncode == -9
+    assert [p.name for p in checkpoint_dirs(series(tmp_path))] == ["epoch-0001"]
+    resumed = run(finetune_data, tmp_path)
+    assert resumed.resumed_from == 1  # from the checkpoint, never a silent restart at 0
+    assert comparable(resumed.history) == comparable(straight[0].history)
+    same_weights(straight[0].model, resumed.model)
+
+
+def test_damaged_newest_checkpoint_is_skipped_for_the_previous(straight, tmp_path, caplog):
+    for path in checkpoint_dirs(straight[0].checkpoints):
+        shutil.copytree(path, tmp_path / path.name)
+    with open(tmp_path / "epoch-0002" / "model.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02")  # a flipped region: same size, other bytes
+    with caplog.at_level(logging.WARNING):
+        assert load_latest(tmp_path).epoch == 1
+    assert "skipping checkpoint" in caplog.text and "sha256" in caplog.text
+    (tmp_path / "epoch-0001" / COMPLETE).unlink()  # half-written: no completion record
+    with pytest.raises(CheckpointError, match="none complete.*finetune.resume: false"):
+        load_latest(tmp_path)

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from thawline.evaluation import EvaluationError
-from thawline.files import save_tensors
+from thawline.files import save_tensors, tensor_metadata
 
 PREDICTIONS = "predictions.safetensors"
 REQUIRED_META = ("split", "split_fingerprint", "model")
@@ -70,7 +70,7 @@ def load_predictions(path: Path) -> SavedPredictions:
     if not path.is_file():
         raise EvaluationError(f"{path}: no predictions here; run 'thawline stage evaluate' first")
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+        meta = tensor_metadata(f)
         names = set(f.keys())
         missing = [n for n in ("labels", "pred", "correct", "probs") if n not in names]
         missing += [k for k in REQUIRED_META if k not in meta]

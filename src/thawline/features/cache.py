@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from thawline.files import read_json, sha256_file
+from thawline.files import read_json, sha256_file, tensor_metadata
 
 MANIFEST = "manifest.json"
 _SHARD_NAME = re.compile(r"[a-z]+-\d{5,}\.safetensors")
@@ -71,7 +71,7 @@ def shard_is_reusable(path: Path, fingerprint: str, plan: ShardPlan) -> bool:
         return False
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+            meta = tensor_metadata(f)
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     except Exception:  # unreadable or damaged: recompute it
         return False

@@ -38,7 +38,7 @@ from thawline.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from thawline.training.fit_head import EpochCallback, NonFiniteLossError
+from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
 from thawline.training.unfreeze import (
     apply_phase,
     group_lrs,
@@ -287,9 +287,10 @@ class _Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
         with autocast(self.device, self.precision):
-            loss = self.loss_fn(self.model(x).float(), y)
-        if not torch.isfinite(loss):
-            self._non_finite(f"loss became {loss.item()}", step)
+            logits = self.model(x).float()
+            loss = self.loss_fn(logits, y)
+        if problem := loss_problem(loss, logits.shape[1]):
+            self._non_finite(f"{problem} at epoch {self.epoch + 1}, step {step}")
         self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: never stepped
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -301,7 +302,8 @@ class _Trainer:
             norm = nn.utils.clip_grad_norm_(params, self.opts.clip_grad_norm)
             # With a GradScaler an fp16 overflow is expected: the scaler skips that step.
             if self.scaler is None and not torch.isfinite(norm):
-                self._non_finite(f"gradient norm became {norm.item()}", step)
+                where = f"at epoch {self.epoch + 1}, step {step}"
+                self._non_finite(f"gradient norm became {norm.item()} {where}")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -310,10 +312,10 @@ class _Trainer:
         self.scheduler.step()
         return loss.item()
 
-    def _non_finite(self, what: str, step: int) -> None:
-        phase = self.phases[phase_of(self.epoch, self.phases)]
+    def _non_finite(self, what: str) -> None:
+        phase = self.phases[phase_of(min(self.epoch, self.epochs - 1), self.phases)]
         raise NonFiniteLossError(
-            f"finetune: {what} at epoch {self.epoch + 1}, step {step} (phase LR {phase.lr}); "
+            f"finetune: {what} (phase LR {phase.lr}); "
             "lower finetune.base_lr (or the phase's lr), keep finetune.clip_grad_norm set, "
             "or use precision fp32"
         )
@@ -332,7 +334,7 @@ class _Trainer:
         state = self.model.state_dict()
         bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
-            self._non_finite(f"weights became non-finite ({bad[:3]})", self.steps)
+            self._non_finite(f"weights became non-finite ({bad[:3]}) in epoch {self.epoch}")
         save_checkpoint(
             folder, self.epoch, state, self._state(),
             best=None if self.best_epoch == self.epoch else self.best_state,

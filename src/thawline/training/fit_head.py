@@ -25,7 +25,24 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; nothing from this run is saved."""
+    """The loss became NaN or infinite, or diverged; nothing from this run is saved."""
+
+
+# A batch's mean cross-entropy above this many times that of a uniform guess (ln C) is divergence:
+# a working run never gets there, while an absurd LR (1e6) reaches 1e9 in one step and would stay
+# finite for an epoch or more, moving weights to inf before any check at the epoch's end.
+DIVERGENCE_FACTOR = 100
+
+
+def loss_problem(loss: torch.Tensor, num_classes: int) -> str | None:
+    """Why this loss means the run is broken (NaN, inf, diverged), or None when it is fine."""
+    if not torch.isfinite(loss):
+        return f"loss became {loss.item()}"
+    limit = DIVERGENCE_FACTOR * math.log(max(num_classes, 2))
+    if loss.item() > limit:
+        guess = f"{DIVERGENCE_FACTOR}x a uniform guess"
+        return f"loss diverged to {loss.item():.3g} (> {limit:.0f}, {guess})"
+    return None
 
 
 @dataclass
@@ -142,10 +159,11 @@ def _train_epoch(net, x, y, loss_fn, optimizer, schedule, opts: HeadConfig, gene
     total, seen = 0.0, 0
     for start in range(0, len(x), opts.batch_size):
         idx = order[start : start + opts.batch_size]
-        loss = loss_fn(net(x[idx]), y[idx])
-        if not torch.isfinite(loss):
+        logits = net(x[idx])
+        loss = loss_fn(logits, y[idx])
+        if problem := loss_problem(loss, logits.shape[1]):
             raise NonFiniteLossError(
-                f"train_head: loss became {loss.item()} at step {start // opts.batch_size}; "
+                f"train_head: {problem} at step {start // opts.batch_size}; "
                 f"lower head.lr (now {opts.lr}) and check the cached features"
             )
         optimizer.zero_grad(set_to_none=True)
