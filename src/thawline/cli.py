@@ -39,6 +39,8 @@ USER_ERRORS = (
     "CacheError",
     "WeightsError",
     "NonFiniteLossError",
+    "StageError",
+    "TransientStageError",
     "EvaluationError",
     "CheckpointError",
     "RegistryError",
@@ -77,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("name", choices=list(STAGES), help="the stage to run")
     stage.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub.add_parser("config", parents=[common], help="print the validated config as JSON")
+    flow = sub.add_parser(
+        "flow",
+        parents=[common],
+        help="Prefect flows: run the pipeline, retrain on data changes, serve on a schedule",
+        description="run: every stage as a Prefect flow (-S overrides are written to "
+        "params.yaml, as dvc exp run -S does); retrain: do only what a change in the data "
+        "source needs; serve: register both flows as deployments on flow.cron and "
+        "flow.retrain_cron and run them when due (prefect deployment ls lists them).",
+    )
+    flow.add_argument("action", choices=["run", "retrain", "serve"])
     sub.add_parser(
         "report", parents=[common], help="write the HTML report of the latest run (paths.report)"
     )
@@ -96,12 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     what = getattr(args, "name", args.command)
     try:
         if args.command == "predict":
             from thawline.predict import main_predict
 
             return main_predict(args)
+        if args.command == "flow":
+            return run_flow(args)
         cfg = load_config(args.params, args.overrides)
         if args.command == "config":
             print(json.dumps(dump_config(cfg), indent=2))
@@ -120,6 +135,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"thawline: {what} failed: {err}", file=sys.stderr)
         return 1
+
+
+def run_flow(args: argparse.Namespace) -> int:
+    """``thawline flow ...``: the Prefect side lives in ``pipelines/`` (the only prefect user)."""
+    if args.action != "run" and args.overrides:
+        raise ConfigError(f"flow {args.action}: -S overrides apply to 'flow run' only")
+    if args.action == "run":
+        from pipelines.training import training
+
+        print(json.dumps(training(args.params, args.overrides), indent=1))
+    elif args.action == "retrain":
+        from pipelines.retrain import retrain
+
+        print(json.dumps(retrain(args.params), indent=1))
+    else:
+        from pipelines.deploy import serve
+
+        serve(args.params)
+    return 0
 
 
 def run_stage(cfg, name: str, progress: bool) -> int:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from thawline.files import atomic_path
+
 
 class ConfigError(ValueError):
     """A configuration problem, phrased as one line that names the key and what is allowed."""
@@ -281,6 +283,34 @@ class Registry(Section):
     alpha: float = Field(default=0.05, gt=0, lt=1)
 
 
+class Flow(Section):
+    """The Prefect flows (``pipelines/``): retries for transient failures and schedules."""
+
+    # A stage that crashed (a locked DVC repo, a busy SQLite store, a killed worker) is retried
+    # with exponential backoff; a stage that failed with its own error (bad config, NaN) is not.
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_delay_s: float = Field(default=10.0, ge=0, le=3600)  # then x2 per further retry
+    cron: str = "0 3 * * 0"  # `thawline flow serve`: the full training flow, Sundays 03:00
+    retrain_cron: str = "0 * * * *"  # ...and the data-change retrain flow, hourly
+    timezone: str = "UTC"
+
+    @field_validator("cron", "retrain_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(f"'{value}' is not a 5-field cron expression like '0 3 * * 0'")
+        return value
+
+
+class Retrain(Section):
+    """The retrain flow: what a change in the data source sets off."""
+
+    # Fine-tune as well as retrain the head: always, never, or (auto) only when the retrained
+    # head's validation accuracy falls below `escalate_below`.
+    finetune: Literal["auto", "always", "never"] = "auto"
+    escalate_below: float = Field(default=0.85, ge=0, le=1)
+
+
 class Config(Section):
     """The whole of ``params.yaml``."""
 
@@ -296,6 +326,8 @@ class Config(Section):
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
     registry: Registry = Registry()
+    flow: Flow = Flow()
+    retrain: Retrain = Retrain()
 
 
 def _check_backbone_name(name: str) -> None:
@@ -369,6 +401,31 @@ def config_from_dict(raw: dict[str, Any], source: str = "params") -> Config:
         return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(f"{source}: {_one_line(err)}") from None
+
+
+def write_overrides(path: str | Path, overrides: list[str]) -> Config:
+    """Validate ``overrides`` against ``path``, then write them into it, keeping its comments.
+
+    This is what ``dvc exp run -S`` does to the workspace's params file: DVC reads params from
+    the file, so a flow run with overrides must put them there for DVC to see them.
+
+    Raises:
+        ConfigError: As :func:`load_config`; the file is then left untouched.
+    """
+    from ruamel.yaml import YAML  # round-trip: comments and key order survive
+
+    cfg = load_config(path, overrides)
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.representer.add_representer(  # keep `null` as written, not an empty value
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    doc = rt.load(Path(path).read_text()) or {}
+    for item in overrides:
+        _apply_override(doc, item)
+    with atomic_path(Path(path)) as tmp, open(tmp, "w") as f:
+        rt.dump(doc, f)
+    return cfg
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

@@ -1,15 +1,17 @@
-"""``extract``: the sharded cache, its fingerprint, reuse, recompute, hooks and integrity."""
+"""``extract``: the sharded cache, its fingerprint, reuse (whole shards and, after a data change,
+single rows), recompute, and hooks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
-from tests.conftest import small_config
+from tests.conftest import small_config, write_folder
 from thawline.config import ConfigError
 from thawline.data.store import load_split
 from thawline.features.cache import load_features, read_cache_manifest
-from thawline.stages import extract
+from thawline.stages import extract, prepare
 
 
 def with_paths(base, tmp_path, **extract_opts):
@@ -88,3 +90,30 @@ def test_cuda_extraction_agrees_with_cpu(prepared_small, tmp_path):
     fg, _ = load_features(tmp_path / "gpu" / "features", "test")
     cosine = torch.nn.functional.cosine_similarity(fc.float(), fg.float()).mean()
     assert cosine > 0.98
+
+
+def test_after_a_data_change_only_new_images_go_through_the_backbone(
+    tmp_path, fashion_mnist_arrays
+):
+    images, labels = fashion_mnist_arrays
+    root = tmp_path / "photos"
+    write_folder(root, images[:60], labels[:60])
+    cfg = small_config(tmp_path, data={"source": "imagefolder", "root": str(root)},
+                       prepare={"limit_per_class": None, "test_fraction": 0.2})  # fmt: skip
+    prepare.run(cfg, progress=False)
+    assert extract.run(cfg, progress=False).metrics["images_computed"] == 60
+    for i in range(3):
+        Image.fromarray(255 - images[60 + i]).save(root / "b" / f"new-{i}.png")
+    (root / "a" / "0000.png").unlink()
+    prepare.run(cfg, progress=False)
+    assert extract.run(cfg, progress=False).metrics["images_computed"] == 3
+    # The reused rows are the features a fresh extraction computes, bit for bit.
+    fresh = small_config(tmp_path / "fresh", paths={"prepared": str(cfg.paths.prepared)},
+                         data={"source": "imagefolder", "root": str(root)})  # fmt: skip
+    assert extract.run(fresh, progress=False).metrics["images_computed"] == 62
+    for split in ("train", "val", "test"):
+        reused, fresh_rows = (load_features(c.paths.features, split)[0] for c in (cfg, fresh))
+        assert reused.equal(fresh_rows), split
+    listed = {s["file"] for sp in read_cache_manifest(cfg.paths.features)["splits"].values()
+              for s in sp["shards"]}  # fmt: skip
+    assert {p.name for p in cfg.paths.features.glob("*.safetensors")} == listed

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from thawline.training.batches import CPU_BF16_MIN_SIZE, resolve_precision
-from thawline.training.strategy import choose_strategy, probe_accuracy
+from thawline.training.strategy import choose_strategy, probe_accuracy, should_escalate
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,13 @@ def test_cpu_auto_precision_is_fp32_for_small_inputs():
     assert resolve_precision("bf16", cpu, 32).name == "bf16"  # an explicit choice is kept
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu, 64)
+
+
+@pytest.mark.parametrize(
+    ("policy", "probe", "escalate"),
+    [("always", 0.99, True), ("never", 0.1, False), ("auto", 0.84, True),
+     ("auto", 0.85, False), ("auto", None, True)],
+)  # fmt: skip
+def test_retrain_escalation_follows_the_policy(policy, probe, escalate):
+    choice = should_escalate(policy, 0.85, probe)
+    assert (choice.strategy == "finetune") == escalate and choice.reason

@@ -20,6 +20,7 @@ from PIL import Image
 
 from thawline.config import Data, Prepare
 from thawline.data.images import BadImageError, decode_image, is_image_file
+from thawline.files import sha256_json
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -47,6 +48,19 @@ class Source(Protocol):
     in_memory: bool  # pixels already decoded in memory: worker processes would only add copies
 
     def load(self, index: int) -> tuple[str, Image.Image | np.ndarray]: ...
+
+    def digest(self, index: int) -> str:
+        """The item's content sha256 (as ``load`` returns it), without decoding where possible."""
+        ...
+
+
+def source_fingerprint(source: Source, indices: list[int]) -> str:
+    """A hash of the items' keys, labels, assigned splits and contents: any added, removed,
+    relabelled or rewritten image changes it, whatever its size and mtime."""
+    items = source.items
+    return sha256_json(
+        [[items[i].key, items[i].label, items[i].split, source.digest(i)] for i in indices]
+    )
 
 
 def open_source(data: Data, prepare: Prepare) -> Source:
@@ -94,6 +108,9 @@ class FashionMNIST:
     def load(self, index: int) -> tuple[str, np.ndarray]:
         pixels = self._pixels[index]
         return sha256_bytes(pixels.tobytes()), pixels
+
+    def digest(self, index: int) -> str:
+        return self.load(index)[0]
 
     def _locate(self, data: Data) -> Path:
         root = data.root or DEBIAN_FASHION_MNIST
@@ -209,6 +226,12 @@ class ImageFolder:
             raise BadImageError(f"{path}: cannot read ({err.strerror})") from None
         return sha256_bytes(data), decode_image(data, str(path), self.max_pixels)
 
+    def digest(self, index: int) -> str:
+        try:
+            return sha256_bytes(safe_join(self.root, self.items[index].key).read_bytes())
+        except (OSError, BadImageError) as err:  # unreadable now: a change worth noticing
+            return f"unreadable: {err}"
+
 
 def safe_join(root: Path, key: str) -> Path:
     """``root / key``, refusing absolute keys, ``..`` and symlinks that leave ``root``."""
@@ -270,6 +293,9 @@ class TorchvisionDataset:
         image = dataset[i][0]
         pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
         return sha256_bytes(pixels.tobytes() + str(pixels.shape).encode()), pixels
+
+    def digest(self, index: int) -> str:
+        return self.load(index)[0]
 
 
 def _split_kwargs(cls: type) -> list[tuple[str, dict[str, Any]]]:

@@ -101,10 +101,19 @@ def cache_is_complete(folder: Path, fingerprint: str) -> bool:
     return True
 
 
+def remove_unlisted_shards(folder: Path, manifest: dict[str, Any]) -> None:
+    """Delete shard files the manifest does not list (left by a larger earlier dataset), so the
+    folder DVC versions holds exactly this cache."""
+    listed = {shard["file"] for split in manifest["splits"].values() for shard in split["shards"]}
+    for path in folder.glob("*.safetensors"):
+        if _SHARD_NAME.fullmatch(path.name) and path.name not in listed:
+            path.unlink()
+
+
 def verify_shards(folder: Path, manifest: dict[str, Any]) -> None:
     for split in manifest["splits"].values():
         for shard in split["shards"]:
-            _verify(shard_path(folder, shard["file"]), shard["sha256"])
+            verify_shard(shard_path(folder, shard["file"]), shard["sha256"])
 
 
 def shard_path(folder: Path, name: str) -> Path:
@@ -122,7 +131,8 @@ def shard_path(folder: Path, name: str) -> Path:
     return folder / name
 
 
-def _verify(path: Path, expected: str) -> None:
+def verify_shard(path: Path, expected: str) -> None:
+    """Raise CacheError unless ``path`` exists and has sha256 ``expected``."""
     if not path.is_file():
         raise CacheError(f"{path}: missing feature shard; rerun 'thawline stage extract'")
     actual = sha256_file(path)
@@ -148,7 +158,7 @@ def load_features(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]
     features, labels = [], []
     for shard in manifest["splits"][split]["shards"]:
         path = shard_path(folder, shard["file"])
-        _verify(path, shard["sha256"])
+        verify_shard(path, shard["sha256"])
         with safe_open(str(path), framework="pt") as f:
             features.append(f.get_tensor("features"))
             labels.append(f.get_tensor("labels"))

@@ -7,6 +7,7 @@ forward hooks that pool intermediate layers inside the same forward pass.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -141,9 +142,19 @@ class FeatureExtractor:
 
     def widths(self) -> list[int]:
         """Width of each part of the feature vector: pre-logits, then each hooked layer."""
+        return list(self._widths)
+
+    @functools.cached_property
+    def _widths(self) -> tuple[int, ...]:
+        # Measured once in fp32, before warm_up may cast the network to bf16 for tracing.
         size = self.preprocess.size
         with torch.inference_mode():
-            return self.net.widths(torch.zeros(1, 3, size, size, device=self.device))
+            return tuple(self.net.widths(torch.zeros(1, 3, size, size, device=self.device)))
+
+    @property
+    def num_features(self) -> int:
+        """Width of the whole feature vector."""
+        return sum(self._widths)
 
 
 def batches(

@@ -1,7 +1,8 @@
 """``extract``: run the frozen backbone once over every prepared image and cache the features.
 
 A rerun with the same fingerprint (data, backbone, weights, transform, layers, dtype, precision)
-reuses the cache without computing; an interrupted run resumes shard by shard.
+reuses the cache without computing; an interrupted run resumes shard by shard; after a data
+change only new or changed images go through the backbone (features/reuse.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from thawline.features.cache import (
     cache_is_complete,
     plan_shards,
     read_cache_manifest,
+    remove_unlisted_shards,
     shard_is_reusable,
     tensors_sha256,
 )
@@ -30,6 +32,7 @@ from thawline.features.extract import (
     pick_device,
     pick_precision,
 )
+from thawline.features.reuse import FeatureBank, hashes_tensor, model_fingerprint
 from thawline.files import (
     remove_stale_temps,
     save_tensors,
@@ -69,19 +72,23 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
         return _result(out, read_cache_manifest(out), computed=0, seconds=0.0)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
+    bank = FeatureBank.read(out, model_fingerprint(parts))  # before any shard is overwritten
+    if len(bank):
+        log.info("reusing cached features of %d images whose content is unchanged", len(bank))
     extractor = FeatureExtractor(backbone, layers, preprocess, device, amp, cfg.extract.jit)
     widths = extractor.widths()
     extractor.warm_up(cfg.extract.batch_size)
     started, computed = time.perf_counter(), 0
     splits = {}
     for split in (s for s in SPLITS if s in prepared["splits"]):
-        shards, n = _extract_split(cfg, split, extractor, preprocess, fingerprint, progress)
+        shards, n = _extract_split(cfg, split, extractor, preprocess, fingerprint, bank, progress)
         splits[split] = {"count": prepared["splits"][split]["count"], "shards": shards}
         computed += n
     seconds = time.perf_counter() - started
     manifest = {
         "version": 1,
         "fingerprint": fingerprint,
+        "model_fingerprint": model_fingerprint(parts),
         "fingerprint_parts": parts,
         "num_features": sum(widths),
         "layout": [
@@ -94,28 +101,30 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
         "seconds": round(seconds, 2),
     }
     write_json(out / "manifest.json", manifest)
+    remove_unlisted_shards(out, manifest)
     return _result(out, manifest, computed, seconds)
 
 
-def _extract_split(cfg, split, extractor, preprocess, fingerprint, progress):
+def _extract_split(cfg, split, extractor, preprocess, fingerprint, bank, progress):
     """Compute (or reuse) every shard of one split; returns the shard list and rows computed."""
     data = load_split(cfg.paths.prepared, split)
     shards, computed = [], 0
     bar = tqdm(total=len(data.keys), desc=f"extract {split}", unit="img", disable=not progress)
     for plan in plan_shards(split, len(data.keys), cfg.extract.shard_size):
         path = cfg.paths.features / plan.filename
-        rows = plan.stop - plan.start
-        if shard_is_reusable(path, fingerprint, plan):
-            bar.update(rows)
-        else:
-            features = []
-            for x in batches(data.images, plan.start, plan.stop, cfg.extract.batch_size,
-                             preprocess, cfg.extract.num_workers):  # fmt: skip
-                features.append(extractor(x).to(DTYPES[cfg.extract.dtype]))
-                bar.update(len(x))
+        if not shard_is_reusable(path, fingerprint, plan):
+            hashes = data.hashes[plan.start : plan.stop]
+            known = [bank.get(h) for h in hashes]
+            todo = [i for i, row in enumerate(known) if row is None]
+            fresh = _compute(cfg, extractor, preprocess, data.images[plan.start : plan.stop][todo])
+            features = torch.empty((len(hashes), extractor.num_features), dtype=fresh.dtype)
+            features[todo] = fresh
+            if reused := [i for i, row in enumerate(known) if row is not None]:
+                features[reused] = torch.stack([known[i] for i in reused])
             tensors = {
-                "features": torch.cat(features),
+                "features": features,
                 "labels": data.labels[plan.start : plan.stop],
+                "hashes": hashes_tensor(hashes),
             }
             meta = {
                 "fingerprint": fingerprint,
@@ -124,10 +133,21 @@ def _extract_split(cfg, split, extractor, preprocess, fingerprint, progress):
                 "content_sha256": tensors_sha256(tensors),
             }
             save_tensors(path, tensors, meta)
-            computed += rows
-        shards.append({"file": plan.filename, "rows": rows, "sha256": sha256_file(path)})
+            computed += len(todo)
+        bar.update(plan.stop - plan.start)
+        shards.append({"file": plan.filename, "rows": plan.stop - plan.start,
+                       "sha256": sha256_file(path)})  # fmt: skip
     bar.close()
     return shards, computed
+
+
+def _compute(cfg, extractor, preprocess, images: torch.Tensor) -> torch.Tensor:
+    """The backbone's features of ``images`` (uint8 [n, 3, H, W]) in the cache dtype."""
+    dtype = DTYPES[cfg.extract.dtype]
+    rows = batches(images, 0, len(images), cfg.extract.batch_size, preprocess,
+                   cfg.extract.num_workers)  # fmt: skip
+    out = [extractor(x).to(dtype) for x in rows]
+    return torch.cat(out) if out else torch.empty((0, extractor.num_features), dtype=dtype)
 
 
 def _fingerprint_parts(cfg, prepared, backbone, preprocess, layers, device, amp) -> dict:

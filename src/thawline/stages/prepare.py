@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -17,14 +18,14 @@ from tqdm.auto import tqdm
 
 from thawline.config import Config, Prepare
 from thawline.data.images import BadImageError, square_uint8
-from thawline.data.sources import Source, open_source
+from thawline.data.sources import Source, open_source, source_fingerprint
 from thawline.data.split import (
     assign_splits,
     cross_split_duplicates,
     indices_to_drop,
     limit_per_class,
 )
-from thawline.data.store import SPLITS, SplitData, write_store
+from thawline.data.store import SPLITS, SplitData, StoreError, read_manifest, write_store
 from thawline.files import remove_stale_temps
 from thawline.stages import StageResult
 
@@ -43,12 +44,7 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     cfg.paths.prepared.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(cfg.paths.prepared)
     items = source.items
-    chosen = limit_per_class(
-        [it.label for it in items],
-        [it.split for it in items],
-        cfg.prepare.limit_per_class,
-        cfg.seed,
-    )
+    chosen = _chosen(cfg, source)
     size = cfg.prepare.image_size or _native_size(source, chosen)
     images, hashes, loaded, skipped = _load_all(source, chosen, size, cfg.prepare, progress)
     labels = [items[i].label for i in loaded]
@@ -63,6 +59,7 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     dropped = indices_to_drop(duplicates, splits) if cfg.prepare.duplicates == "drop" else set()
     by_split = _group(loaded, splits, dropped, items, hashes, images)
     report = _report(source, by_split, duplicates, dropped, skipped, [items[i].key for i in loaded])
+    report["source_fingerprint"] = source_fingerprint(source, chosen)
     manifest = write_store(cfg.paths.prepared, by_split, {"image_size": size, **report})
     _log_summary(report, size)
     counts = {f"{name}_count": float(s.labels.numel()) for name, s in by_split.items()}
@@ -71,6 +68,37 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
         metrics=counts | {"duplicates": float(len(duplicates)), "skipped": float(len(skipped))},
         info={"fingerprint": manifest["fingerprint"], "classes": source.classes},
     )
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    changed: bool
+    reason: str
+
+
+def check_source(cfg: Config) -> SourceCheck:
+    """Whether the data source differs from what ``paths.prepared`` was made from.
+
+    Hashes every chosen item's content (not size or mtime, which DVC's state keys on), so an
+    image rewritten in place counts. Reads every file once; decodes nothing.
+    """
+    try:
+        recorded = read_manifest(cfg.paths.prepared).get("source_fingerprint")
+    except StoreError:
+        return SourceCheck(True, f"no prepared data in {cfg.paths.prepared} yet")
+    source = open_source(cfg.data, cfg.prepare)
+    chosen = _chosen(cfg, source)
+    if source_fingerprint(source, chosen) == recorded:
+        return SourceCheck(False, f"the {len(chosen)} source images are unchanged")
+    return SourceCheck(True, f"the source changed ({len(chosen)} images now)")
+
+
+def _chosen(cfg: Config, source: Source) -> list[int]:
+    items = source.items
+    return limit_per_class(
+        [it.label for it in items], [it.split for it in items], cfg.prepare.limit_per_class,
+        cfg.seed,
+    )  # fmt: skip
 
 
 class _Loading(Dataset):

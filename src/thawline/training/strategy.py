@@ -61,3 +61,28 @@ def probe_accuracy(head_meta: dict) -> float | None:
         if row.get("epoch") == best and "val_accuracy" in row:
             return float(row["val_accuracy"])
     return None
+
+
+def should_escalate(policy: str, threshold: float, probe: float | None) -> StrategyChoice:
+    """Whether the retrain flow fine-tunes after retraining the head (``retrain`` params).
+
+    Returns:
+        ``strategy`` "finetune" or "head_only", with the reason.
+    """
+    if policy == "always":
+        return StrategyChoice("finetune", "retrain.finetune is 'always'")
+    if policy == "never":
+        return StrategyChoice("head_only", "retrain.finetune is 'never'")
+    if probe is None:
+        return StrategyChoice("finetune", "the head reports no validation accuracy")
+    if probe < threshold:
+        return StrategyChoice(
+            "finetune",
+            f"the retrained head reaches {probe:.4f} val accuracy, below retrain.escalate_below "
+            f"{threshold}: fine-tune",
+        )
+    return StrategyChoice(
+        "head_only",
+        f"the retrained head reaches {probe:.4f} val accuracy (>= retrain.escalate_below "
+        f"{threshold}): the head is enough",
+    )

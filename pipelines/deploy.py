@@ -1,0 +1,44 @@
+"""Both flows as Prefect deployments on the cron schedules of ``params.yaml`` (``flow``).
+
+    thawline flow serve [-p params.yaml]
+
+``prefect.serve`` registers the deployments with the Prefect API (``$PREFECT_API_URL``, e.g. a
+``prefect server start`` on 127.0.0.1:4200; without it, Prefect's local server on SQLite) and
+runs them in this process when they are due. ``prefect deployment ls`` lists them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import serve as prefect_serve
+from prefect.schedules import Cron
+
+from pipelines.retrain import retrain
+from pipelines.training import training
+from thawline.config import Config, load_config
+
+
+def deployments(params: Path, cfg: Config) -> list:
+    """The training and retrain deployments, their params file fixed to ``params``."""
+    parameters = {"params": str(params)}
+    return [
+        training.to_deployment(
+            name="thawline-training",
+            schedule=Cron(cfg.flow.cron, timezone=cfg.flow.timezone),
+            parameters=parameters,
+            description="prepare -> extract -> train_head -> finetune -> evaluate -> register",
+        ),
+        retrain.to_deployment(
+            name="thawline-retrain",
+            schedule=Cron(cfg.flow.retrain_cron, timezone=cfg.flow.timezone),
+            parameters=parameters,
+            description="on new or changed images: extract those, retrain, evaluate, register",
+        ),
+    ]
+
+
+def serve(params: str = "params.yaml") -> None:
+    """Register both deployments and run them on schedule until interrupted."""
+    path = Path(params).resolve()
+    prefect_serve(*deployments(path, load_config(path)))

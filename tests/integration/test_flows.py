@@ -1,0 +1,231 @@
+"""The Prefect flows against a real DVC project in tmp_path and a real ``prefect server start`` on
+127.0.0.1: the training flow end to end and its agreement with ``dvc repro``; a transient failure
+retried; the retrain flow's tiers; the deployments and their schedules; ``dvc push``/``dvc pull``
+to the local remote.
+
+Flows run as ``thawline flow ...`` processes, as users run them. (In this process they would
+leave Prefect's at-exit services behind, and every later fork, e.g. a DataLoader worker in
+another test, dies on them: Prefect's ``QueueService._at_exit`` asserts in the child.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+import zc.lockfile
+from PIL import Image
+
+from pipelines.training import STAGES
+from tests.conftest import REPO, write_folder
+from tests.servers import VENV_BIN, background_server, free_port, server_env
+from thawline.config import load_config
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
+    "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@localhost",
+}  # fmt: skip
+
+
+def sh(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> str:
+    env = (env or os.environ) | GIT_ENV | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    assert not check or proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def dvc(repo: Path, *args: str) -> str:
+    return sh(repo, sys.executable, "-m", "dvc", *args)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """A real Prefect server on a free loopback port; yields the environment that points at it."""
+    folder = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = server_env(PREFECT_HOME=str(folder / "home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                     PREFECT_API_URL=api, COLUMNS="200")  # fmt: skip
+    server = [str(VENV_BIN / "prefect"), "server", "start", "--port", str(port)]
+    with background_server(server, f"{api}/health", folder, env):
+        yield env
+
+
+def thawline_flow(env: dict, *args: str):
+    """``thawline flow <args>`` in a process of its own; its JSON result."""
+    proc = subprocess.run([str(VENV_BIN / "thawline"), "flow", *args], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    thawline_flow.stderr = proc.stderr  # the flow's log, for tests that read it
+    return json.loads(proc.stdout)
+
+
+def training(env: dict, project: Path, *overrides: str) -> list[dict]:
+    sets = [item for o in overrides for item in ("-S", o)]
+    return thawline_flow(env, "run", "-p", str(project / "params.yaml"), *sets)
+
+
+def retrain(env: dict, project: Path) -> dict:
+    return thawline_flow(env, "retrain", "-p", str(project / "params.yaml"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, fashion_mnist_arrays) -> Path:
+    """A git + DVC project: this repo's dvc.yaml and src/, 150 images in a folder at 32 px."""
+    images, labels = fashion_mnist_arrays
+    base = tmp_path_factory.mktemp("flows")
+    repo = base / "project"
+    repo.mkdir()
+    write_folder(base / "photos", images[:150], labels[:150])
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] = {"source": "imagefolder", "root": str(base / "photos")}
+    params["prepare"] |= {"test_fraction": 0.2}
+    params["extract"] |= {"image_size": 32}
+    params["head"] |= {"epochs": 5}
+    params["finetune"] |= {"image_size": 32, "epochs_per_phase": 1, "batch_size": 32}
+    params["scratch"]["enabled"] = False
+    params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
+    params["flow"] |= {"retries": 2, "retry_delay_s": 1}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/models/checkpoints/\n")
+    sh(repo, "git", "init", "-q")
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    dvc(repo, "remote", "add", "-d", "local", str(base / "remote"))
+    return repo
+
+
+def ran(outcomes) -> list[str]:
+    return [o["stage"] for o in outcomes if o["ran"]]
+
+
+def test_training_flow_runs_every_stage_and_agrees_with_dvc(prefect_api, project):
+    first = training(prefect_api, project)
+    assert ran(first) == list(STAGES)
+    assert "Data and pipelines are up to date" in dvc(project, "status")
+    assert "Running stage" not in dvc(project, "repro")  # dvc repro after the flow: nothing
+    again = training(prefect_api, project)  # and the flow after DVC: nothing either
+    assert ran(again) == []
+    assert json.loads((project / "reports" / "registration.json").read_text())["version"] == 1
+
+
+def test_flow_overrides_go_to_params_and_rerun_only_what_reads_them(prefect_api, project):
+    tuned = training(prefect_api, project, "head.lr=0.003")
+    assert ran(tuned)[:1] == ["train_head"] and "extract" not in ran(tuned)
+    assert load_config(project / "params.yaml").head.lr == 0.003
+    assert "Data and pipelines are up to date" in dvc(project, "status")
+
+
+def dvc_repro_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "repro" in command and "--single-item" in command:
+            found.append(process)
+    return found
+
+
+def test_a_transient_failure_is_retried(prefect_api, project):
+    """Another DVC process holds the repo lock until the first try has failed on it; the flow's
+    retry (after flow.retry_delay_s) then succeeds."""
+    lock = zc.lockfile.LockFile(str(project / ".dvc" / "tmp" / "lock"))
+    command = [str(VENV_BIN / "thawline"), "flow", "run", "-p", str(project / "params.yaml")]
+    flow_run = subprocess.Popen(command, env=prefect_api, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (first := dvc_repro_processes()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first, "the flow never started a stage"
+        psutil.wait_procs(first, timeout=60)  # it gives up on the lock after 3 s
+    finally:
+        lock.close()
+    out, err = flow_run.communicate(timeout=300)
+    assert flow_run.returncode == 0, err[-4000:]
+    assert ran(json.loads(out)) == []
+    assert "Unable to acquire lock" in err and "Retry 1/2 will start" in err
+
+
+def test_push_then_a_fresh_clone_pulls_and_recomputes_nothing(project, tmp_path):
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "pipeline")
+    dvc(project, "push")
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    pulled = dvc(clone, "pull")
+    assert (clone / "data" / "features" / "manifest.json").is_file(), pulled
+    assert "Data and pipelines are up to date" in dvc(clone, "status")
+    assert "Running stage" not in dvc(clone, "repro")
+
+
+def add_images(project: Path, fashion_mnist_arrays, count: int) -> None:
+    images = fashion_mnist_arrays[0]
+    root = load_config(project / "params.yaml").data.root
+    for i in range(count):
+        Image.fromarray(255 - images[150 + i]).save(root / "a" / f"new-{i}.png")
+
+
+def test_retrain_does_nothing_without_change_then_extracts_only_new_images(
+    prefect_api, project, fashion_mnist_arrays
+):
+    params = str(project / "params.yaml")
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["retrain"] = {"finetune": "auto", "escalate_below": 0.0}  # any head is good enough
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    idle = retrain(prefect_api, project)
+    assert idle["action"] == "nothing" and "unchanged" in idle["reasons"][0]
+
+    add_images(project, fashion_mnist_arrays, 6)
+    result = retrain(prefect_api, project)
+    assert result["images_computed"] == 6  # the other images' features came from the cache
+    assert ran(result["stages"]) == ["prepare", "extract", "train_head", "evaluate", "register"]
+    assert result["action"] == "head" and "the head is enough" in result["reasons"][-1]
+    cfg = load_config(params)
+    manifest = json.loads((project / cfg.paths.prepared / "manifest.json").read_text())
+    assert sum(s["count"] for s in manifest["splits"].values()) == 156
+
+
+def test_retrain_escalates_to_fine_tuning_below_the_threshold(prefect_api, project):
+    """Every head is below 1.0, so auto escalates (each policy: tests/unit/test_strategy.py)."""
+    params = project / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["retrain"] = {"finetune": "auto", "escalate_below": 1.0}
+    params.write_text(yaml.safe_dump(raw))
+    root = load_config(params).data.root
+    Image.fromarray(np.full((28, 28), 60, np.uint8)).save(root / "b" / "grey.png")
+    result = retrain(prefect_api, project)
+    assert result["action"] == "finetune" and result["images_computed"] == 1
+    assert "finetune" in ran(result["stages"])
+    assert "below retrain.escalate_below 1.0: fine-tune" in result["reasons"][-1]
+
+
+def test_serve_registers_both_deployments_with_their_schedules(project, tmp_path):
+    """``thawline flow serve`` against a real ``prefect server start`` on 127.0.0.1."""
+    port = free_port()
+    home = tmp_path / "prefect"
+    api = f"http://127.0.0.1:{port}/api"
+    env = server_env(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                     PREFECT_API_URL=api, COLUMNS="200")  # fmt: skip
+    server = [str(VENV_BIN / "prefect"), "server", "start", "--port", str(port)]
+    with background_server(server, f"{api}/health", tmp_path, env):
+        serve = [str(VENV_BIN / "thawline"), "flow", "serve", "-p", str(project / "params.yaml")]
+        with background_server(serve, f"{api}/health", tmp_path, env):
+            listed, deadline = "", time.monotonic() + 120
+            while "thawline-retrain" not in listed and time.monotonic() < deadline:
+                time.sleep(2)
+                listed = sh(tmp_path, str(VENV_BIN / "prefect"), "deployment", "ls", env=env)
+            assert "thawline-training/thawline-training" in listed, listed
+            shown = sh(tmp_path, str(VENV_BIN / "prefect"), "deployment", "inspect",
+                       "thawline-training/thawline-training", env=env)  # fmt: skip
+            cron = load_config(project / "params.yaml").flow.cron
+            assert cron in shown, shown
