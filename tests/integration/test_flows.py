@@ -117,6 +117,9 @@ def test_training_flow_runs_every_stage_and_agrees_with_dvc(prefect_api, project
     again = training(prefect_api, project)  # and the flow after DVC: nothing either
     assert ran(again) == []
     assert json.loads((project / "reports" / "registration.json").read_text())["version"] == 1
+    artifacts = sh(project, str(VENV_BIN / "prefect"), "artifact", "inspect", "thawline-training",
+                   env=prefect_api)  # fmt: skip
+    assert "Champion gate" in artifacts and "| register |" in artifacts
 
 
 def test_flow_overrides_go_to_params_and_rerun_only_what_reads_them(prefect_api, project):
