@@ -6,7 +6,7 @@ thawline flow run [-S ...]
 
 from __future__ import annotations
 
-import argparse
+import sys
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -43,21 +43,12 @@ def training(params: str = "params.yaml", overrides: list[str] | None = None) ->
     return [vars(o) for o in outcomes]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-p", "--params", default="params.yaml")
-    parser.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param (written to params.yaml)",
-    )
-    args = parser.parse_args(argv)
-    training(args.params, args.overrides)
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.training [-p params.yaml] [-S ...]`` is ``thawline flow run``."""
+    from thawline.cli import main as thawline
+
+    return thawline(["flow", "run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

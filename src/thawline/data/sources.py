@@ -54,12 +54,21 @@ class Source(Protocol):
         ...
 
 
-def source_fingerprint(source: Source, indices: list[int]) -> str:
+def source_fingerprint(
+    source: Source, indices: list[int], known: dict[int, str] | None = None
+) -> str:
     """A hash of the items' keys, labels, assigned splits and contents: any added, removed,
-    relabelled or rewritten image changes it, whatever its size and mtime."""
-    items = source.items
+    relabelled or rewritten image changes it, whatever its size and mtime.
+
+    ``known`` maps item indices to digests already computed (``prepare`` has them from
+    loading), so those files are not read again.
+    """
+    items, known = source.items, known or {}
     return sha256_json(
-        [[items[i].key, items[i].label, items[i].split, source.digest(i)] for i in indices]
+        [
+            [items[i].key, items[i].label, items[i].split, known.get(i) or source.digest(i)]
+            for i in indices
+        ]
     )
 
 

@@ -59,7 +59,8 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     dropped = indices_to_drop(duplicates, splits) if cfg.prepare.duplicates == "drop" else set()
     by_split = _group(loaded, splits, dropped, items, hashes, images)
     report = _report(source, by_split, duplicates, dropped, skipped, [items[i].key for i in loaded])
-    report["source_fingerprint"] = source_fingerprint(source, chosen)
+    known = dict(zip(loaded, hashes, strict=True))  # only skipped files are read again
+    report["source_fingerprint"] = source_fingerprint(source, chosen, known)
     manifest = write_store(cfg.paths.prepared, by_split, {"image_size": size, **report})
     _log_summary(report, size)
     counts = {f"{name}_count": float(s.labels.numel()) for name, s in by_split.items()}
