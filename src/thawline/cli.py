@@ -2,6 +2,7 @@
 
 thawline stage prepare
 thawline stage extract -S backbone.name=torchvision:resnet18 -S backbone.weights=imagenet
+thawline stage finetune --nproc 2   # DDP under torchrun, 2 processes on this machine
 thawline config            # print the validated config
 """
 
@@ -12,12 +13,15 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import sys
 import time
 
 from thawline import __version__
 from thawline.config import ConfigError, dump_config, load_config
 
+# The stages that run in several processes, and the params section holding their ``nproc``.
+DISTRIBUTED = {"extract": "extract", "finetune": "finetune", "scratch": "finetune"}
 STAGES = {
     "prepare": "decode, split and hash the data source into a uint8 store (paths.prepared)",
     "extract": "run the frozen backbone once and cache its features (paths.features)",
@@ -78,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stage.add_argument("name", choices=list(STAGES), help="the stage to run")
     stage.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    stage.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="run in N processes on this machine under torchrun (extract: ranks split the "
+        "shards; finetune, scratch: DistributedDataParallel, gloo on CPU, nccl on CUDA). "
+        "Same as -S extract.nproc=N (finetune.nproc for finetune and scratch). Across "
+        "machines, run torchrun yourself: torchrun --nnodes ... -m thawline stage NAME",
+    )
     sub.add_parser("config", parents=[common], help="print the validated config as JSON")
     flow = sub.add_parser(
         "flow",
@@ -107,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Under torchrun, rank 0 speaks for all; the others only warn.
+    rank = int(os.environ.get("RANK", 0))
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     what = getattr(args, "name", args.command)
     try:
@@ -117,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             return main_predict(args)
         if args.command == "flow":
             return run_flow(args)
+        if getattr(args, "nproc", None) is not None:
+            args.overrides.append(f"{nproc_key(args.name)}={args.nproc}")
         cfg = load_config(args.params, args.overrides)
         if args.command == "config":
             print(json.dumps(dump_config(cfg), indent=2))
@@ -126,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"thawline: report written to {write_report(cfg)}", file=sys.stderr)
             return 0
+        from thawline import distributed  # imports torch: not for config, flow or --help
+
+        nproc = getattr(cfg, DISTRIBUTED[args.name]).nproc if args.name in DISTRIBUTED else 1
+        if nproc > 1 and not distributed.under_torchrun():
+            return distributed.launch(stage_argv(args), nproc)
         return run_stage(cfg, args.name, progress=not args.quiet and sys.stderr.isatty())
     except ConfigError as err:
         print(f"thawline: config error: {err}", file=sys.stderr)
@@ -135,6 +158,23 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"thawline: {what} failed: {err}", file=sys.stderr)
         return 1
+
+
+def nproc_key(stage: str) -> str:
+    """The param ``--nproc`` sets for ``stage``."""
+    if stage not in DISTRIBUTED:
+        raise ConfigError(
+            f"--nproc: stage '{stage}' runs in one process; only {sorted(DISTRIBUTED)} run "
+            "under torchrun"
+        )
+    return f"{DISTRIBUTED[stage]}.nproc"
+
+
+def stage_argv(args: argparse.Namespace) -> list[str]:
+    """The same ``thawline stage`` command for each torchrun process (overrides included)."""
+    argv = ["stage", args.name, "-p", args.params]
+    argv += [item for override in args.overrides for item in ("-S", override)]
+    return argv + (["-q"] if args.quiet else [])
 
 
 def run_flow(args: argparse.Namespace) -> int:
@@ -158,9 +198,14 @@ def run_flow(args: argparse.Namespace) -> int:
 
 def run_stage(cfg, name: str, progress: bool) -> int:
     """Run one stage inside its MLflow run; epoch metrics reach MLflow through callbacks."""
-    from thawline.tracking import stage_run
+    from thawline import distributed
 
     module = importlib.import_module(f"thawline.stages.{name}")
+    if distributed.env_rank() != 0:  # under torchrun only rank 0 tracks and reports
+        module.run(cfg, progress=False)
+        return 0
+    from thawline.tracking import stage_run
+
     accepted = inspect.signature(module.run).parameters
     started = time.perf_counter()
     with stage_run(cfg, name) as tracker:

@@ -151,6 +151,9 @@ class Extract(Section):
     jit: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int | None = Field(default=None, ge=0)
+    # Processes on this machine: above 1, `thawline stage extract` runs itself under torchrun
+    # and the ranks split the shards (the cache is the same, bit for bit).
+    nproc: int = Field(default=1, ge=1, le=1024)
 
 
 class HeadSweep(Section):
@@ -219,6 +222,9 @@ class Finetune(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     keep_checkpoints: int = Field(default=2, gt=0)
+    # Processes on this machine: above 1, finetune (and scratch) run under torchrun with
+    # DistributedDataParallel; batch_size stays the global batch, split between them.
+    nproc: int = Field(default=1, ge=1, le=1024)
     resume: bool = True  # continue from the newest complete checkpoint in paths.finetune
     patience: int = Field(default=0, ge=0)  # epochs without val improvement (last phase); 0 = off
     deterministic: bool = False  # deterministic kernels: resume gives bit-identical results
@@ -232,6 +238,11 @@ class Finetune(Section):
             raise ValueError(
                 "finetune.phases: strategy 'custom' needs a non-empty list of "
                 "{groups, epochs, lr}, e.g. [{groups: 0, epochs: 1, lr: 0.001}]"
+            )
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"finetune.batch_size: {self.batch_size} is the global batch, split between "
+                f"finetune.nproc={self.nproc} processes; make it a multiple of {self.nproc}"
             )
         if self.strategy != "custom" and self.phases:
             raise ValueError(

@@ -1,5 +1,10 @@
 """``dvc repro`` and ``dvc exp run`` in a real DVC repo: the whole pipeline runs in order, a
-second repro does nothing, and a changed param reruns only the stages that read it."""
+second repro does nothing, and a changed param reruns only the stages that read it.
+
+Slow (about 3.5 minutes): the fast suite covers the same ground on test_flows' project, where
+every stage runs through ``dvc repro --single-item``, ``dvc repro`` and ``dvc status`` find
+nothing to do afterwards, and ``dvc exp run -S`` reruns only what its param reaches.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",

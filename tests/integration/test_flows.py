@@ -1,7 +1,7 @@
 """The Prefect flows against a real DVC project in tmp_path and a real ``prefect server start`` on
 127.0.0.1: the training flow end to end and its agreement with ``dvc repro``; a transient failure
 retried; the retrain flow's tiers; the deployments and their schedules; ``dvc push``/``dvc pull``
-to the local remote.
+to the local remote; ``dvc exp run``. The flow's extract task runs under torchrun (2 processes).
 
 Flows run as ``thawline flow ...`` processes, as users run them. (In this process they would
 leave Prefect's at-exit services behind, and every later fork, e.g. a DataLoader worker in
@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 import yaml
@@ -90,7 +89,7 @@ def project(tmp_path_factory, fashion_mnist_arrays) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] = {"source": "imagefolder", "root": str(base / "photos")}
     params["prepare"] |= {"test_fraction": 0.2}
-    params["extract"] |= {"image_size": 32}
+    params["extract"] |= {"image_size": 32, "nproc": 2}  # the extract task runs under torchrun
     params["head"] |= {"epochs": 5}
     params["finetune"] |= {"image_size": 32, "epochs_per_phase": 1, "batch_size": 32}
     params["scratch"]["enabled"] = False
@@ -112,6 +111,7 @@ def ran(outcomes) -> list[str]:
 def test_training_flow_runs_every_stage_and_agrees_with_dvc(prefect_api, project):
     first = training(prefect_api, project)
     assert ran(first) == list(STAGES)
+    assert "distributed: 2 processes (gloo)" in thawline_flow.stderr  # extract.nproc: 2
     assert "Data and pipelines are up to date" in dvc(project, "status")
     assert "Running stage" not in dvc(project, "repro")  # dvc repro after the flow: nothing
     again = training(prefect_api, project)  # and the flow after DVC: nothing either
@@ -123,9 +123,9 @@ def test_training_flow_runs_every_stage_and_agrees_with_dvc(prefect_api, project
 
 
 def test_flow_overrides_go_to_params_and_rerun_only_what_reads_them(prefect_api, project):
-    tuned = training(prefect_api, project, "head.lr=0.003")
-    assert ran(tuned)[:1] == ["train_head"] and "extract" not in ran(tuned)
-    assert load_config(project / "params.yaml").head.lr == 0.003
+    tuned = training(prefect_api, project, "evaluate.calibration_bins=10")
+    assert ran(tuned)[:1] == ["evaluate"] and "train_head" not in ran(tuned)
+    assert load_config(project / "params.yaml").evaluate.calibration_bins == 10
     assert "Data and pipelines are up to date" in dvc(project, "status")
 
 
@@ -171,6 +171,19 @@ def test_push_then_a_fresh_clone_pulls_and_recomputes_nothing(project, tmp_path)
     assert "Running stage" not in dvc(clone, "repro")
 
 
+def test_dvc_exp_run_reruns_only_what_its_param_reaches(project):
+    """Users' own DVC experiments on the same project (git commit from the test above)."""
+    out = dvc(project, "exp", "run", "-S", "finetune.strategy=full")
+    for stage in ("finetune", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in out, out
+    for stage in ("prepare", "extract", "train_head"):
+        assert f"Running stage '{stage}'" not in out, out
+    record = json.loads((project / "models" / "finetune" / "record.json").read_text())
+    assert record["strategy"] == "full" and record["trained"]
+    assert "accuracy" in dvc(project, "metrics", "show")
+    assert "Data and pipelines are up to date" in dvc(project, "status")
+
+
 def add_images(project: Path, fashion_mnist_arrays, count: int) -> None:
     images = fashion_mnist_arrays[0]
     root = load_config(project / "params.yaml").data.root
@@ -178,38 +191,28 @@ def add_images(project: Path, fashion_mnist_arrays, count: int) -> None:
         Image.fromarray(255 - images[150 + i]).save(root / "a" / f"new-{i}.png")
 
 
-def test_retrain_does_nothing_without_change_then_extracts_only_new_images(
+def test_retrain_does_nothing_without_change_then_extracts_only_new_images_and_escalates(
     prefect_api, project, fashion_mnist_arrays
 ):
-    params = str(project / "params.yaml")
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    raw["retrain"] = {"finetune": "auto", "escalate_below": 0.0}  # any head is good enough
-    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    """Every head is below escalate_below 1.0, so auto escalates to fine-tuning (each policy,
+    including "the head is enough": tests/unit/test_strategy.py)."""
+    params = project / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["retrain"] = {"finetune": "auto", "escalate_below": 1.0}
+    params.write_text(yaml.safe_dump(raw))
     idle = retrain(prefect_api, project)
     assert idle["action"] == "nothing" and "unchanged" in idle["reasons"][0]
 
     add_images(project, fashion_mnist_arrays, 6)
     result = retrain(prefect_api, project)
     assert result["images_computed"] == 6  # the other images' features came from the cache
-    assert ran(result["stages"]) == ["prepare", "extract", "train_head", "evaluate", "register"]
-    assert result["action"] == "head" and "the head is enough" in result["reasons"][-1]
-    cfg = load_config(params)
-    manifest = json.loads((project / cfg.paths.prepared / "manifest.json").read_text())
-    assert sum(s["count"] for s in manifest["splits"].values()) == 156
-
-
-def test_retrain_escalates_to_fine_tuning_below_the_threshold(prefect_api, project):
-    """Every head is below 1.0, so auto escalates (each policy: tests/unit/test_strategy.py)."""
-    params = project / "params.yaml"
-    raw = yaml.safe_load(params.read_text())
-    raw["retrain"] = {"finetune": "auto", "escalate_below": 1.0}
-    params.write_text(yaml.safe_dump(raw))
-    root = load_config(params).data.root
-    Image.fromarray(np.full((28, 28), 60, np.uint8)).save(root / "b" / "grey.png")
-    result = retrain(prefect_api, project)
-    assert result["action"] == "finetune" and result["images_computed"] == 1
-    assert "finetune" in ran(result["stages"])
+    stages = ["prepare", "extract", "train_head", "finetune", "evaluate", "register"]
+    assert ran(result["stages"]) == stages
+    assert result["action"] == "finetune"
     assert "below retrain.escalate_below 1.0: fine-tune" in result["reasons"][-1]
+    manifest = json.loads((project / load_config(params).paths.prepared / "manifest.json")
+                          .read_text())  # fmt: skip
+    assert sum(s["count"] for s in manifest["splits"].values()) == 156
 
 
 def test_serve_registers_both_deployments_with_their_schedules(project, tmp_path):

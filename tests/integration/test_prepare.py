@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import small_config
@@ -49,3 +51,29 @@ def test_missing_fashion_mnist_offline_is_a_clear_error(tmp_path):
     cfg = small_config(tmp_path, data={"root": str(tmp_path / "nowhere"), "download": False})
     with pytest.raises(SourceError, match="apt-get install dataset-fashion-mnist"):
         prepare.run(cfg, progress=False)
+
+
+def test_split_images_are_memory_mapped_and_private(prepared_small):
+    """Ranks share the page cache instead of each holding the store; writes never reach it."""
+    from safetensors import safe_open
+
+    path = prepared_small.paths.prepared / "train.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        stored = f.get_tensor("images")
+    split = load_split(prepared_small.paths.prepared, "train")
+    assert split.images.equal(stored)
+    assert mapped_from(split.images.data_ptr()) == str(path.resolve())
+    before = path.read_bytes()
+    split.images[0] = 0  # copy-on-write: this process's page only
+    assert path.read_bytes() == before
+    assert load_split(prepared_small.paths.prepared, "train").images.equal(stored)
+
+
+def mapped_from(address: int) -> str | None:
+    """The file mapped at ``address`` in this process (Linux /proc/self/maps), if any."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        if low <= address < high:
+            return fields[5] if len(fields) == 6 else None
+    return None

@@ -12,10 +12,13 @@ Later stages never decode an image file again; they read these tensors.
 
 from __future__ import annotations
 
+import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -91,5 +94,26 @@ def load_split(folder: Path, name: str, verify: bool = True) -> SplitData:
                 "the file was altered, rerun 'thawline stage prepare'"
             )
     with safe_open(str(path), framework="pt") as f:
-        images, labels = f.get_tensor("images"), f.get_tensor("labels")
-    return SplitData(entry["keys"], entry["sha256"], labels, images)
+        labels = f.get_tensor("labels")
+    return SplitData(entry["keys"], entry["sha256"], labels, _mapped_images(path))
+
+
+def _mapped_images(path: Path) -> torch.Tensor:
+    """The ``images`` tensor of a split file, memory-mapped rather than read.
+
+    Pages are read when rows are used and live in the page cache, which every process on a
+    machine shares: the torchrun ranks of extract (each reading only its shards' rows) and of
+    finetune do not each hold a copy, and a store larger than RAM is paged from disk instead of
+    failing. Copy-on-write, so nothing a process does reaches the file; thawline replaces the
+    file atomically (a new inode), so a mapping never sees a half-written store.
+    """
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        entry = json.loads(f.read(length))["images"]
+    shape = tuple(entry["shape"])
+    if entry["dtype"] != "U8" or 0 in shape:  # not a store written by prepare, or empty
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor("images")
+    start = 8 + length + entry["data_offsets"][0]
+    array = np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=shape)
+    return torch.from_numpy(array)

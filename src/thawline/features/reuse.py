@@ -47,8 +47,11 @@ class FeatureBank:
         return self.rows.get(image_sha256)
 
     @classmethod
-    def read(cls, folder: Path, fingerprint: str) -> FeatureBank:
+    def read(cls, folder: Path, fingerprint: str, wanted: set[str] | None = None) -> FeatureBank:
         """The rows of the cache in ``folder`` if it was made by the model ``fingerprint``.
+
+        ``wanted``: keep only these images' rows (a rank keeps those of its own shards, so
+        memory does not grow with the whole dataset on every rank).
 
         Must run before this extraction writes anything there. Shards that fail their sha256
         (damaged, or already overwritten by a killed run) are left out: they are recomputed.
@@ -73,5 +76,7 @@ class FeatureBank:
                         continue
                     hashes, features = f.get_tensor("hashes"), f.get_tensor("features")
                 for digest, row in zip(hashes.numpy(), features, strict=True):
-                    rows[digest.tobytes().hex()] = row
+                    key = digest.tobytes().hex()
+                    if wanted is None or key in wanted:
+                        rows[key] = row
         return cls(rows)

@@ -9,6 +9,8 @@ Both stages write the same layout, which ``evaluate`` reads back::
 and keep resumable per-epoch checkpoints in ``paths.checkpoints/<stage>/<plan>/`` (outside the
 stage's DVC output, which DVC deletes before rerunning a stage: a rerun after a crash resumes).
 
+Under torchrun every rank trains (DistributedDataParallel) and rank 0 alone writes the folder.
+
 A stage that decides not to train (``finetune`` with strategy head_only, ``scratch`` disabled)
 writes only ``record.json`` with ``trained: false`` and removes any older ``model/``.
 """
@@ -20,12 +22,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from thawline import distributed
 from thawline.config import Config, Finetune
 from thawline.data.store import load_split, read_manifest
 from thawline.evaluation import EvaluationError
 from thawline.files import read_json, sha256_file, write_json
 from thawline.models.classifier import WEIGHTS, Classifier, load_classifier, save_classifier
 from thawline.stages import StageResult, training_metrics
+from thawline.training.batches import resolve_device
 from thawline.training.finetune import fine_tune
 from thawline.training.fit_head import EpochCallback
 
@@ -48,24 +52,37 @@ def train_and_save(
 
     ``record`` (strategy, reason, start fingerprints...) is saved with the training results.
     """
+    with distributed.join(resolve_device(opts.device)) as world:
+        return _train_and_save(
+            cfg, model, opts, folder, record, checkpoints=checkpoints,
+            on_epoch_end=on_epoch_end, progress=progress, world=world,
+        )  # fmt: skip
+
+
+def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_end, progress,
+                    world) -> StageResult:  # fmt: skip
     splits = read_manifest(cfg.paths.prepared)["splits"]
     train = load_split(cfg.paths.prepared, "train")
     val = load_split(cfg.paths.prepared, "val") if splits.get("val", {}).get("count") else None
-    (folder / RECORD).unlink(missing_ok=True)  # written last: marks a complete result
+    if world.main:
+        (folder / RECORD).unlink(missing_ok=True)  # written last: marks a complete result
     result = fine_tune(
         model, (train.images, train.labels), None if val is None else (val.images, val.labels),
         opts, cfg.seed, checkpoint_dir=checkpoints, on_epoch_end=on_epoch_end,
-        progress=progress,
+        progress=progress, world=world,
     )  # fmt: skip
+    epochs = len(result.history)
+    metrics = training_metrics(result.best, result.best_epoch, epochs, result.seconds)
+    if not world.main:
+        return StageResult(outputs={}, metrics=metrics)
     if result.resumed_from:
         log.info("%s: resumed from the checkpoint of epoch %d", folder, result.resumed_from)
     model_dir = save_classifier(result.model, folder / MODEL)
-    epochs = len(result.history)
-    metrics = training_metrics(result.best, result.best_epoch, epochs, result.seconds)
     record = record | {
         "trained": True,
         "precision": result.precision,
         "image_size": result.model.preprocess.size,
+        "processes": world.size,
         "best_epoch": result.best_epoch,
         "best": result.best,
         "seconds": result.seconds,
@@ -81,6 +98,8 @@ def train_and_save(
 
 def skip(folder: Path, record: dict[str, Any]) -> StageResult:
     """Record that nothing was trained (and why); remove an older model so none looks current."""
+    if distributed.env_rank() != 0:  # under torchrun rank 0 writes for all
+        return StageResult(outputs={}, info=record | {"trained": False})
     shutil.rmtree(folder / MODEL, ignore_errors=True)
     write_json(folder / RECORD, record | {"trained": False})
     log.info("%s: %s", folder, record.get("reason", "not trained"))

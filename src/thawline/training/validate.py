@@ -25,22 +25,35 @@ def predict_logits(
     return torch.cat(outputs)
 
 
-def evaluate_images(
+def validation_sums(
     model: Classifier,
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
     batch_size: int = 128,
     precision: Precision = FP32,
-    loss_fn: nn.Module | None = None,
-) -> dict[str, float]:
-    """Validation loss and accuracy of ``model`` on uint8 images (eval preprocessing)."""
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """``[summed loss, correct, count]`` of ``model`` on uint8 images (eval preprocessing).
+
+    Sums rather than means, so that the parts scored by several processes add up exactly.
+    """
     logits = predict_logits(model, images, batch_size=batch_size, precision=precision)
-    loss_fn = loss_fn or nn.CrossEntropyLoss()
-    return {
-        "val_loss": float(loss_fn(logits, labels.long())),
-        "val_accuracy": float((logits.argmax(1) == labels).float().mean()),
-    }
+    labels = labels.long()
+    loss = nn.functional.cross_entropy(
+        logits, labels, reduction="sum", label_smoothing=label_smoothing
+    )
+    correct = (logits.argmax(1) == labels).sum()
+    device = next(model.parameters()).device  # collectives need it where the model is (nccl)
+    return torch.stack([loss.double(), correct.double(), torch.tensor(len(labels)).double()]).to(
+        device
+    )
+
+
+def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
+    """Validation loss and accuracy from (possibly all-reduced) :func:`validation_sums`."""
+    loss, correct, count = sums.tolist()
+    return {"val_loss": loss / count, "val_accuracy": correct / count}
 
 
 def improved(metrics: dict[str, float], best: dict[str, float]) -> bool:
