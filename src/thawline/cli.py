@@ -13,7 +13,6 @@ import importlib
 import inspect
 import json
 import logging
-import os
 import sys
 import time
 
@@ -120,10 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Under torchrun, rank 0 speaks for all; the others only warn.
-    rank = int(os.environ.get("RANK", 0))
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     what = getattr(args, "name", args.command)
     try:
@@ -146,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from thawline import distributed  # imports torch: not for config, flow or --help
 
+        if distributed.env_rank() != 0:  # under torchrun rank 0 speaks for all; others warn
+            logging.getLogger().setLevel(logging.WARNING)
         nproc = getattr(cfg, DISTRIBUTED[args.name]).nproc if args.name in DISTRIBUTED else 1
         if nproc > 1 and not distributed.under_torchrun():
             return distributed.launch(stage_argv(args), nproc)

@@ -73,6 +73,14 @@ class World:
         dist.all_gather_object(out, obj)
         return out
 
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (what the others pass is ignored)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum ``tensor`` over ranks in place (and return it)."""
         if self.active:

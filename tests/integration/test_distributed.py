@@ -86,6 +86,10 @@ def test_two_processes_extract_the_same_cache_bit_for_bit(trained, tmp_path):
     first, second = read_cache_manifest(one), read_cache_manifest(two)
     assert first.pop("seconds") >= 0 and second.pop("seconds") >= 0
     assert first == second  # fingerprint, shard list, sha256s, counts
+    stamps = {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
+    again = thawline_stage(params, "extract", "--nproc", "2")  # rank 0 checks for both
+    assert "is up to date" in again and "images_computed=0" in again
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
 
 
 def history(folder: Path) -> list[dict]:

@@ -76,7 +76,8 @@ def _run(cfg: Config, world: World, progress: bool) -> StageResult:
     layers = backbone.feature_layers() if cfg.extract.layers == "auto" else cfg.extract.layers
     parts = _fingerprint_parts(cfg, prepared, backbone, preprocess, layers, device, amp)
     fingerprint = sha256_json(parts)
-    if cache_is_complete(out, fingerprint):
+    # Rank 0 hashes the cache for all: the answer is the same, the reading need not be.
+    if world.share(world.main and cache_is_complete(out, fingerprint)):
         log.info(
             "feature cache %s is up to date (fingerprint %s); nothing to compute",
             out,

@@ -443,6 +443,8 @@ class _Trainer:
 
     def _check_replicas(self) -> None:
         """Under torchrun, every rank must end with the same weights; say so if they do not."""
+        if not self.world.active:
+            return
         state = self.model.state_dict()
         digests = self.world.gather(digest([state[k] for k in sorted(state)]))
         if len(set(digests)) > 1:
