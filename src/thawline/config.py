@@ -174,7 +174,9 @@ class Head(Section):
     lr: float = Field(default=1e-3, gt=0, le=10)
     weight_decay: float = Field(default=1e-4, ge=0)
     epochs: int = Field(default=30, gt=0)
-    batch_size: int = Field(default=512, gt=0)
+    # auto: about 16 steps an epoch (training rows / 16 as a power of two, 32 to 512); a fixed
+    # 512 gives 1,000 images 2 steps an epoch, 60 in all: a probe far from converged.
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     # cosine: warm-up then cosine decay (one-cycle shape); constant: the tutorials' fixed LR.
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -195,12 +197,16 @@ class FinetunePhase(Section):
 class Finetune(Section):
     """Fine-tuning the backbone and head together (``finetune``), starting from ``train_head``."""
 
-    # auto: by training-set size and the linear probe (see ``auto_probe_good``); head_only: the
+    # auto: full, unless there is no val split, fewer than 100 training images, or a probe at
+    # auto_probe_good already (then head_only); measured in bench/strategies.py. head_only: the
     # head from train_head is the model (no image training); gradual: head only, then thaw
     # groups from the top until all are trainable; full: everything at once; custom: ``phases``.
     strategy: Literal["auto", "head_only", "gradual", "full", "custom"] = "auto"
     phases: list[FinetunePhase] = Field(default_factory=list)  # strategy: custom only
-    epochs_per_phase: int = Field(default=1, gt=0)  # presets only
+    # presets only; auto: enough epochs that each phase sees phase_images images (one epoch of a
+    # large set, several of a small one: 1,000 images at batch 64 are 15 steps an epoch).
+    epochs_per_phase: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
+    phase_images: int = Field(default=10_000, gt=0)
     # gradual: thawing steps after the head-only phase; null = one layer group per step.
     gradual_steps: int | None = Field(default=3, gt=0)
     base_lr: float = Field(default=1e-3, gt=0, le=10)  # presets only: every phase's LR
@@ -212,7 +218,11 @@ class Finetune(Section):
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     clip_grad_norm: float | None = Field(default=1.0, gt=0)  # null = no clipping
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)  # of each phase's steps
-    freeze_bn: bool = False  # BatchNorm in eval mode everywhere (frozen groups always are)
+    # BatchNorm on its running statistics everywhere (eval mode; thawed groups still train its
+    # weights). The head was fit on features computed that way: switching thawed groups to
+    # batch statistics changes them under it (docs/benchmarks.md, "Never worse"). false: thawed
+    # groups' BatchNorm uses batch statistics and updates its running ones.
+    freeze_bn: bool = True
     batch_size: int = Field(default=64, gt=1)
     image_size: int | None = Field(default=None, gt=0, le=2048)  # null = extract's input size
     augment: bool = True  # random horizontal flip + small shifts, training batches only
@@ -227,10 +237,15 @@ class Finetune(Section):
     nproc: int = Field(default=1, ge=1, le=1024)
     resume: bool = True  # continue from the newest complete checkpoint in paths.finetune
     patience: int = Field(default=0, ge=0)  # epochs without val improvement (last phase); 0 = off
+    # Never worse: a phase ending more than this (and more than two standard errors) below the
+    # best val accuracy so far, epoch 0 (the starting model) included, goes back to the best
+    # weights; if it never beat its start it is retried once at retry_lr_factor x its LR (null:
+    # the thaw stops instead). A diverging loss is retried the same way.
+    rollback_tolerance: float = Field(default=0.01, ge=0, le=1)
+    retry_lr_factor: float | None = Field(default=0.1, gt=0, lt=1)
     deterministic: bool = False  # deterministic kernels: resume gives bit-identical results
-    # auto, over 10,000 training images: a linear probe below this val accuracy is "far from
-    # good" (a far domain), so everything is fine-tuned (full); at or above it, gradual.
-    auto_probe_good: float = Field(default=0.9, gt=0, le=1)
+    # auto: a linear probe at or above this val accuracy leaves too little for a fine-tune to win.
+    auto_probe_good: float = Field(default=0.99, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check_phases(self) -> Finetune:

@@ -45,7 +45,7 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
     params["prepare"]["limit_per_class"] = 10
     params["extract"]["image_size"] = 32
     params["head"]["epochs"] = 3
-    params["finetune"]["image_size"] = 32
+    params["finetune"] |= {"image_size": 32, "epochs_per_phase": 1}
     params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

@@ -1,35 +1,137 @@
 """The finetune stage end to end on tiny real Fashion-MNIST (prepare -> extract -> train_head ->
-finetune). Resume, kills, damaged checkpoints and the NaN guard are in tests/reliability."""
+finetune): epoch 0 is the probe, the head fits the fine-tune's input size, a phase that makes
+things worse is rolled back, and the run never ends below its start. Resume, kills, damaged
+checkpoints and the NaN guard are in tests/reliability."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+
+import pytest
 
 from tests.conftest import small_config
 from thawline.data.store import load_split
+from thawline.files import read_json
 from thawline.models.classifier import load_classifier
 from thawline.stages import extract, finetune, train_head
+from thawline.training.validate import metrics_from_sums, validation_sums
+
+# fp32 features stored as float32: the probe's cached features are then exactly what the live
+# model computes, so epoch 0 can be held to the probe's accuracy to the image.
+EXACT = {"image_size": 32, "batch_size": 32, "precision": "fp32", "dtype": "float32"}
+TINY = {"batch_size": 32, "precision": "fp32", "device": "cpu", "epochs_per_phase": 1}
 
 
-def test_stage_fine_tunes_the_probe_and_saves_a_loadable_model(prepared_small, tmp_path):
-    cfg = small_config(
-        tmp_path,
-        paths={"prepared": str(prepared_small.paths.prepared), "features": str(tmp_path / "f"),
-               "head": str(tmp_path / "head"), "finetune": str(tmp_path / "finetune"),
-               "checkpoints": str(tmp_path / "checkpoints")},
-        head={"epochs": 5},
-        finetune={"strategy": "gradual", "gradual_steps": 1, "batch_size": 32,
-                  "precision": "fp32", "device": "cpu", "image_size": 32},
-    )  # fmt: skip
+def config(prepared, tmp_path, **finetune_params):
+    names = ("features", "head", "finetune", "checkpoints")
+    paths = {name: str(tmp_path / name) for name in names} | {"prepared": str(prepared)}
+    return small_config(tmp_path, paths=paths, extract=EXACT, head={"epochs": 5},
+                        finetune=TINY | finetune_params)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def probe(prepared_small, tmp_path_factory):
+    """Features (fp32, 32 px) and the linear probe trained on them, shared by these tests."""
+    tmp = tmp_path_factory.mktemp("probe")
+    cfg = config(prepared_small.paths.prepared, tmp)
     extract.run(cfg, progress=False)
     train_head.run(cfg, progress=False)
+    return cfg
+
+
+def with_probe(probe, tmp_path, **finetune_params):
+    cfg = config(probe.paths.prepared, tmp_path, **finetune_params)
+    paths = {"features": probe.paths.features, "head": probe.paths.head}
+    return cfg.model_copy(update={"paths": cfg.paths.model_copy(update=paths)})
+
+
+def probe_val_accuracy(cfg) -> float:
+    meta = read_json(cfg.paths.head / "head.json")
+    return next(r["val_accuracy"] for r in meta["history"] if r["epoch"] == meta["best_epoch"])
+
+
+def test_stage_fine_tunes_the_probe_and_saves_a_loadable_model(probe, tmp_path):
+    cfg = with_probe(probe, tmp_path, strategy="gradual", gradual_steps=1, image_size=32,
+                     rollback_tolerance=1.0)  # fmt: skip
     seen = []
     result = finetune.run(cfg, progress=False, on_epoch_end=lambda e, m: seen.append(e))
-    assert seen == [1, 2]
+    assert seen == [0, 1, 2]  # epoch 0: the starting model, validated before any step
     assert 0 <= result.metrics["val_accuracy"] <= 1 and result.metrics["epochs"] == 2
     model = load_classifier(result.outputs["model"])
     assert model.preprocess.size == 32
     images = load_split(cfg.paths.prepared, "test").images[:4]
     assert model(images).shape == (4, 10)
     record = json.loads((cfg.paths.finetune / "record.json").read_text())
-    assert record["strategy"] == "gradual" and record["trained"] and len(record["history"]) == 2
+    assert record["strategy"] == "gradual" and record["trained"] and len(record["history"]) == 3
+    assert record["epochs"] == 2 and record["start"]["head"] == "probe"
+
+
+def test_epoch_zero_is_the_probe_and_the_head_only_phase_beats_a_uniform_guess(probe, tmp_path):
+    cfg = with_probe(probe, tmp_path, strategy="gradual", gradual_steps=1, image_size=32)
+    finetune.run(cfg, progress=False)
+    record = read_json(cfg.paths.finetune / "record.json")
+    zero, first = record["history"][0], record["history"][1]
+    assert zero["epoch"] == 0 and "train_loss" not in zero
+    assert abs(zero["val_accuracy"] - probe_val_accuracy(cfg)) <= 0.005
+    assert first["unfrozen_groups"] == 0 and first["train_loss"] < math.log(10)
+    assert record["start"]["warnings"] == []
+
+
+def test_a_fine_tune_at_another_size_starts_from_a_head_fit_at_that_size(probe, tmp_path):
+    """The probe saw 32 px features; at 48 px its head is fit again, and epoch 0 matches it."""
+    cfg = with_probe(probe, tmp_path, strategy="full", image_size=48)
+    finetune.run(cfg, progress=False)
+    record = read_json(cfg.paths.finetune / "record.json")
+    start = record["start"]
+    assert start["head"] == "refit at 48 px" and start["refit"]["image_size"] == 48
+    assert start["probe_image_size"] == 32
+    assert abs(record["history"][0]["val_accuracy"] - start["refit"]["val_accuracy"]) <= 0.005
+    assert start["warnings"] == [] and record["image_size"] == 48
+
+
+def test_a_too_high_lr_is_rolled_back_and_the_run_ends_no_worse_than_epoch_zero(
+    probe, tmp_path, caplog
+):
+    """LR 0.01 on every group: the loss blows up in the first steps (with BatchNorm on its
+    running statistics a too-high LR diverges rather than slides); the phase is rolled back to
+    epoch 0 and retried at a tenth of its LR, and the saved model is no worse than the start."""
+    cfg = with_probe(probe, tmp_path, strategy="full", image_size=32, base_lr=0.01,
+                     lr_decay=1.0, epochs_per_phase=2)  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        result = finetune.run(cfg, progress=False)
+    record = read_json(cfg.paths.finetune / "record.json")
+    first = record["rollbacks"][0]
+    assert first["phase"] == 1 and first["action"] == "retry" and not first["retry"]
+    assert "loss diverged" in first["reason"] and first["best_epoch"] == 0
+    assert "rolled back to epoch 0's weights" in caplog.text
+    retried = [row for row in record["history"] if row.get("lr_scale", 1) < 1]
+    assert retried and retried[0]["lr_head"] == pytest.approx(0.001)
+    start = record["history"][0]["val_accuracy"]
+    assert record["best"]["val_accuracy"] >= start
+    # The saved model is the best epoch's (at worst the start): score it again to be sure.
+    model = load_classifier(result.outputs["model"])
+    val = load_split(cfg.paths.prepared, "val")
+    again = metrics_from_sums(validation_sums(model, val.images, val.labels))
+    assert again["val_accuracy"] == pytest.approx(record["best"]["val_accuracy"], abs=1e-6)
+    assert again["val_accuracy"] >= start
+
+
+def test_a_phase_that_ends_worse_is_rolled_back_once_then_the_thaw_stops(probe, tmp_path):
+    """LR 0.003 everywhere stays finite but wrecks the features: the phase ends below epoch 0,
+    is rolled back and retried at 0.0003; without a retry factor the thaw stops at once."""
+    cfg = with_probe(probe, tmp_path, strategy="full", image_size=32, base_lr=0.003,
+                     lr_decay=1.0, epochs_per_phase=2)  # fmt: skip
+    finetune.run(cfg, progress=False)
+    record = read_json(cfg.paths.finetune / "record.json")
+    first = record["rollbacks"][0]
+    assert first["reason"] == "ended worse" and first["action"] == "retry"
+    assert first["val_accuracy"] < first["best_val_accuracy"] - 0.01
+    assert record["epochs"] > 2  # the retry's epochs came after the phase's own
+    stop = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(
+        update={"retry_lr_factor": None})})  # fmt: skip
+    finetune.run(stop, progress=False)
+    record = read_json(cfg.paths.finetune / "record.json")
+    assert [r["action"] for r in record["rollbacks"]] == ["stop"] and record["epochs"] == 2
+    assert record["best_epoch"] == 0 and record["best"] == record["history"][0]

@@ -16,7 +16,7 @@ from thawline.files import read_json, sha256_file
 from thawline.models.classifier import WEIGHTS, load_classifier
 from thawline.reporting.html import write_report
 from thawline.reporting.results import read_results, strategy_folders
-from thawline.stages import evaluate, extract, finetune, register, scratch, train_head
+from thawline.stages import evaluate, extract, finetune, prepare, register, scratch, train_head
 
 ONE_EPOCH = {"strategy": "full", "epochs_per_phase": 1, "batch_size": 32, "image_size": 32,
              "precision": "fp32", "device": "cpu"}  # fmt: skip
@@ -101,14 +101,18 @@ def test_a_stale_fine_tuned_model_is_left_out_or_refused(trained, tmp_path, capl
     assert "did not finish" in result.info["skipped"]["finetuned"]
 
 
-def test_auto_on_a_small_set_keeps_the_head_and_trains_nothing(trained, tmp_path):
-    cfg = config(tmp_path, trained.paths.prepared, finetune={"strategy": "auto"})
-    cfg = cfg.model_copy(update={"paths": cfg.paths.model_copy(update={
-        "features": trained.paths.features, "head": trained.paths.head})})  # fmt: skip
+def test_auto_without_a_validation_split_keeps_the_head_and_trains_nothing(trained, tmp_path):
+    """Never worse needs validation images: without them auto does not thaw."""
+    prepared = tmp_path / "prepared"
+    cfg = config(tmp_path, prepared, prepare={"limit_per_class": 20, "val_fraction": 0.0},
+                 finetune={"strategy": "auto"})  # fmt: skip
+    prepare.run(cfg, progress=False)
+    extract.run(cfg, progress=False)
+    train_head.run(cfg, progress=False)
     result = finetune.run(cfg, progress=False)
     record = json.loads((cfg.paths.finetune / "record.json").read_text())
     assert record["strategy"] == "head_only" and not record["trained"]
-    assert "< 1,000" in record["reason"] and result.info["strategy"] == "head_only"
+    assert "no validation split" in record["reason"] and result.info["strategy"] == "head_only"
     assert not (cfg.paths.finetune / "model").exists()
     disabled = scratch.run(cfg, progress=False)  # scratch.enabled defaults to false
     assert not disabled.info["trained"] and "scratch.enabled" in disabled.info["reason"]

@@ -1,5 +1,6 @@
-"""``finetune.strategy: auto`` follows the seeds' rule, with the linear probe as evidence; and
-``precision: auto`` on a CPU trains small inputs in fp32."""
+"""``finetune.strategy: auto`` follows the evidence of bench/strategies.py (fine-tune everything
+unless thawing cannot be checked or cannot pay); ``precision: auto`` on a CPU trains small inputs
+in fp32."""
 
 from __future__ import annotations
 
@@ -11,19 +12,19 @@ from thawline.training.strategy import choose_strategy, probe_accuracy, should_e
 
 
 @pytest.mark.parametrize(
-    ("size", "probe", "strategy", "words"),
+    ("size", "val", "probe", "strategy", "words"),
     [
-        (999, 0.3, "head_only", "< 1,000"),
-        (1_000, 0.99, "gradual", "1,000-10,000"),
-        (10_000, 0.5, "gradual", "1,000-10,000"),
-        (10_001, 0.5, "full", "fit this domain poorly"),
-        (54_000, 0.8923, "full", "0.8923"),
-        (54_000, 0.95, "gradual", "the features transfer"),
-        (54_000, None, "full", "no probe"),
+        (99, 10, 0.3, "head_only", "< 100"),
+        (200, 0, 0.5, "head_only", "no validation split"),
+        (200, 20, 0.76, "full", "probe 0.7600"),
+        (1_000, 100, 0.99, "head_only", "already reaches 0.9900"),
+        (1_000, 100, 0.989, "full", "discriminative LRs"),
+        (54_000, 6_000, 0.8923, "full", "54000 training images, probe 0.8923"),
+        (54_000, 6_000, None, "full", "no probe"),
     ],
 )
-def test_auto_picks_by_size_and_probe(size, probe, strategy, words):
-    choice = choose_strategy(size, probe, probe_good=0.9)
+def test_auto_picks_by_data_and_probe(size, val, probe, strategy, words):
+    choice = choose_strategy(size, val, probe, probe_good=0.99)
     assert choice.strategy == strategy and words in choice.reason
 
 

@@ -10,17 +10,23 @@ from thawline.models.backbone import create_backbone
 from thawline.models.classifier import Classifier
 from thawline.models.head import Head
 from thawline.models.preprocess import PooledFeatures, Preprocess
-from thawline.training.unfreeze import (
+from thawline.training.phases import (
     Phase,
+    Timeline,
+    epochs_per_phase,
+    group_lrs,
+    resolve_phases,
+    timeline_schedule,
+)
+from thawline.training.unfreeze import (
     apply_phase,
     bn_running_stats,
-    group_lrs,
     layer_names,
     param_groups,
-    phase_schedule,
-    resolve_phases,
     unfrozen_groups,
 )
+
+LARGE = 100_000  # training images: epochs_per_phase auto gives one epoch
 
 
 @pytest.fixture(scope="module")
@@ -34,20 +40,33 @@ def model() -> Classifier:
 
 
 def test_presets_resolve_to_phases():
-    assert resolve_phases(Finetune(strategy="head_only", base_lr=0.01), 8) == [Phase(0, 1, 0.01)]
-    assert resolve_phases(Finetune(strategy="full", epochs_per_phase=3), 8) == [Phase(8, 3, 1e-3)]
-    steps = [p.groups for p in resolve_phases(Finetune(strategy="gradual", gradual_steps=3), 8)]
-    assert steps == [0, 3, 6, 8]
-    every = resolve_phases(Finetune(strategy="gradual", gradual_steps=None), 4)
+    head_only = Finetune(strategy="head_only", base_lr=0.01)
+    assert resolve_phases(head_only, 8, LARGE) == [Phase(0, 1, 0.01)]
+    full = Finetune(strategy="full", epochs_per_phase=3)
+    assert resolve_phases(full, 8, LARGE) == [Phase(8, 3, 1e-3)]
+    gradual = Finetune(strategy="gradual", gradual_steps=3)
+    assert [p.groups for p in resolve_phases(gradual, 8, LARGE)] == [0, 3, 6, 8]
+    every = resolve_phases(Finetune(strategy="gradual", gradual_steps=None), 4, LARGE)
     assert [p.groups for p in every] == [0, 1, 2, 3, 4]
     custom = Finetune(
         strategy="custom",
         phases=[{"groups": 0, "epochs": 2, "lr": 0.01}, {"groups": -1, "epochs": 1, "lr": 0.001}],
     )
-    assert resolve_phases(custom, 5) == [Phase(0, 2, 0.01), Phase(5, 1, 0.001)]
+    assert resolve_phases(custom, 5, LARGE) == [Phase(0, 2, 0.01), Phase(5, 1, 0.001)]
     too_many = Finetune(strategy="custom", phases=[{"groups": 9, "epochs": 1, "lr": 0.1}])
     with pytest.raises(ValueError, match=r"phases\[0\].groups: 9, but the backbone has only 5"):
-        resolve_phases(too_many, 5)
+        resolve_phases(too_many, 5, LARGE)
+
+
+def test_auto_epochs_give_small_sets_enough_steps():
+    """Each phase sees at least phase_images images: one epoch of a large set, more of a small."""
+    opts = Finetune(batch_size=64, phase_images=10_000)
+    assert epochs_per_phase(opts, 54_000) == 1
+    assert epochs_per_phase(opts, 10_000) == 2  # 156 full batches: 9,984 images an epoch
+    assert epochs_per_phase(opts, 1_000) == 11  # 15 full batches of 64
+    assert epochs_per_phase(opts, 200) == 53
+    assert epochs_per_phase(opts, 10) == 1_000  # fewer images than a batch: one step an epoch
+    assert epochs_per_phase(Finetune(epochs_per_phase=3), 200) == 3
 
 
 @pytest.mark.parametrize(
@@ -85,7 +104,7 @@ def test_each_group_gets_its_lr_in_each_phase():
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(4)]
     optimizer = torch.optim.AdamW([{"params": [p], "lr": 1.0} for p in params])
     steps_per_epoch = 5
-    schedule = phase_schedule(optimizer, phases, lrs, steps_per_epoch, 0.0)
+    schedule = timeline_schedule(optimizer, Timeline(phases, lrs, steps_per_epoch, 0.0))
     seen = []
     for step in range(4 * steps_per_epoch):
         if step in (0, 10, 15):  # the first step of each phase: the peak with no warm-up
@@ -95,6 +114,24 @@ def test_each_group_gets_its_lr_in_each_phase():
     assert seen[0] == pytest.approx([0, 0, 0, 0.1])
     assert seen[1] == pytest.approx([0, 0, 0.005, 0.01])
     assert seen[2] == pytest.approx([0.000125, 0.00025, 0.0005, 0.001])
+
+
+def test_a_retry_runs_the_phase_again_at_a_lower_lr_and_a_stop_ends_the_timeline():
+    phases = [Phase(0, 2, 0.1), Phase(1, 1, 0.01), Phase(3, 1, 0.001)]
+    lrs = [group_lrs(Finetune(lr_decay=0.5), p, 3) for p in phases]
+    timeline = Timeline(phases, lrs, steps=5, warmup_fraction=0.0)
+    assert timeline.epochs == 4 and [timeline.run_of(e) for e in range(5)] == [0, 0, 1, 2, 2]
+    assert [timeline.ends_run(done) for done in (1, 2, 3, 4)] == [False, True, True, True]
+    timeline.retry(1, 0.1)  # phase 2 ended worse: once more at a tenth of its LRs
+    assert timeline.epochs == 5 and timeline.run_of(3) == 2 and timeline.runs[2].retry
+    assert timeline.phase(3) == Phase(1, 1, pytest.approx(0.001))
+    assert timeline.lr(15, 3) == pytest.approx(0.001)  # the retry's first step: its peak
+    assert timeline.lr(20, 3) == pytest.approx(0.001)  # then phase 3 at its own LR
+    restored = Timeline(phases, lrs, steps=5, warmup_fraction=0.0)
+    restored.load_state(timeline.state())
+    assert restored.runs == timeline.runs
+    timeline.stop_after(2)  # the retry ended worse too: the thaw stops there
+    assert timeline.epochs == 4 and len(timeline.runs) == 3
 
 
 def test_param_groups_cover_backbone_groups_then_head(model):

@@ -22,7 +22,8 @@ from thawline.stages import StageResult
 from thawline.stages.finetune import resolved_options
 from thawline.stages.trained_model import skip, train_and_save
 from thawline.training.fit_head import EpochCallback
-from thawline.training.unfreeze import layer_names, resolve_phases
+from thawline.training.phases import resolve_phases
+from thawline.training.unfreeze import layer_names
 
 
 def run(
@@ -46,7 +47,9 @@ def run(
             "phases": [{"groups": -1, "epochs": epochs, "lr": cfg.scratch.lr}],
             "lr_decay": 1.0,
             "group_lrs": None,
-            "freeze_bn": False,
+            "freeze_bn": False,  # random BatchNorm statistics must be learnt
+            # A baseline keeps its budget: nothing to protect in a random start.
+            "rollback_tolerance": 1.0,
         }
     )
     reason = f"random init, every layer trainable, {epochs} epoch(s) at lr {cfg.scratch.lr}"
@@ -63,7 +66,9 @@ def run(
 
 def budget_epochs(cfg: Config, num_groups: int) -> int:
     """The fine-tune's epochs through the images (its resolved strategy's phases)."""
-    return sum(phase.epochs for phase in resolve_phases(resolved_options(cfg), num_groups))
+    train_size = read_manifest(cfg.paths.prepared)["splits"]["train"]["count"]
+    phases = resolve_phases(resolved_options(cfg), num_groups, train_size)
+    return sum(phase.epochs for phase in phases)
 
 
 def random_model(cfg: Config) -> Classifier:

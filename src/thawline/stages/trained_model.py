@@ -22,6 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from thawline import distributed
 from thawline.config import Config, Finetune
 from thawline.data.store import load_split, read_manifest
@@ -35,6 +37,7 @@ from thawline.training.fit_head import EpochCallback
 
 log = logging.getLogger(__name__)
 RECORD, MODEL = "record.json", "model"
+Data = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, 3, S, S], int64 labels [N]
 
 
 def train_and_save(
@@ -47,32 +50,42 @@ def train_and_save(
     checkpoints: Path,
     on_epoch_end: EpochCallback | None,
     progress: bool,
+    setup_seconds: float = 0.0,
 ) -> StageResult:
     """Train ``model`` on the prepared train split (best epoch by val) and write ``folder``.
 
-    ``record`` (strategy, reason, start fingerprints...) is saved with the training results.
+    ``record`` (strategy, reason, start fingerprints...) is saved with the training results;
+    ``setup_seconds`` (preparing the start: the finetune head's refit) count in its seconds.
     """
     with distributed.join(resolve_device(opts.device)) as world:
         return _train_and_save(
             cfg, model, opts, folder, record, checkpoints=checkpoints,
             on_epoch_end=on_epoch_end, progress=progress, world=world,
+            setup_seconds=setup_seconds,
         )  # fmt: skip
 
 
-def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_end, progress,
-                    world) -> StageResult:  # fmt: skip
+def load_training_data(cfg: Config) -> tuple[Data, Data | None]:
+    """The prepared train split and the val split (None when there is none), memory-mapped."""
     splits = read_manifest(cfg.paths.prepared)["splits"]
     train = load_split(cfg.paths.prepared, "train")
-    val = load_split(cfg.paths.prepared, "val") if splits.get("val", {}).get("count") else None
+    if not splits.get("val", {}).get("count"):
+        return (train.images, train.labels), None
+    val = load_split(cfg.paths.prepared, "val")
+    return (train.images, train.labels), (val.images, val.labels)
+
+
+def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_end, progress,
+                    world, setup_seconds) -> StageResult:  # fmt: skip
+    train, val = load_training_data(cfg)
     if world.main:
         (folder / RECORD).unlink(missing_ok=True)  # written last: marks a complete result
     result = fine_tune(
-        model, (train.images, train.labels), None if val is None else (val.images, val.labels),
-        opts, cfg.seed, checkpoint_dir=checkpoints, on_epoch_end=on_epoch_end,
-        progress=progress, world=world,
+        model, train, val, opts, cfg.seed, checkpoint_dir=checkpoints,
+        on_epoch_end=on_epoch_end, progress=progress, world=world,
     )  # fmt: skip
-    epochs = len(result.history)
-    metrics = training_metrics(result.best, result.best_epoch, epochs, result.seconds)
+    seconds = result.seconds + setup_seconds
+    metrics = training_metrics(result.best, result.best_epoch, result.epochs, seconds)
     if not world.main:
         return StageResult(outputs={}, metrics=metrics)
     if result.resumed_from:
@@ -83,9 +96,11 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
         "precision": result.precision,
         "image_size": result.model.preprocess.size,
         "processes": world.size,
-        "best_epoch": result.best_epoch,
+        "best_epoch": result.best_epoch,  # 0: the starting model was never beaten
         "best": result.best,
-        "seconds": result.seconds,
+        "epochs": result.epochs,
+        "rollbacks": result.rollbacks,
+        "seconds": seconds,  # training and validation, plus setting up the start
         "resumed_from": result.resumed_from,
         "history": result.history,
         "model_sha256": sha256_file(model_dir / WEIGHTS),

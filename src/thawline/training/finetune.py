@@ -13,12 +13,12 @@ so a group thawed later would train on local gradients only and the replicas wou
 ``find_unused_parameters`` would not fix that (it finds parameters missing from the graph, not
 ones that were frozen at construction) and costs a graph walk every step; a rebuild costs one
 parameter broadcast per phase. Only rank 0 writes checkpoints and calls ``on_epoch_end``.
+
+The run never ends worse than its start: see :mod:`thawline.training.never_worse`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -43,33 +43,21 @@ from thawline.training.batches import (
     resolve_precision,
     training_batch,
 )
-from thawline.training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    clear_checkpoints,
-    load_latest,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
-from thawline.training.unfreeze import (
-    apply_phase,
+from thawline.training.never_worse import NeverWorse
+from thawline.training.phases import (
+    Timeline,
     group_lrs,
-    layer_names,
-    param_groups,
-    phase_of,
-    phase_schedule,
-    release,
     resolve_phases,
-    unfrozen_groups,
+    steps_per_epoch,
+    timeline_schedule,
 )
-from thawline.training.validate import improved, metrics_from_sums, validation_sums
+from thawline.training.resumable import Resumable, digest
+from thawline.training.unfreeze import apply_phase, layer_names, param_groups, release
+from thawline.training.validate import metrics_from_sums, validation_sums
 
 log = logging.getLogger(__name__)
 Data = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, 3, S, S], int64 labels [N]
-# The code a checkpoint's training depends on: changed code starts a new checkpoint series.
-CODE = [Path(__file__).parents[1] / name for name in ("training", "models")]
 SINGLE = World()  # one process: every collective is a no-op
 
 
@@ -83,6 +71,8 @@ class FineTuneResult:
     resumed_from: int = 0  # the epoch of the checkpoint this run continued from (0 = none)
     checkpoints: Path | None = None  # this run's checkpoint series
     precision: str = "fp32"
+    epochs: int = 0  # epochs trained (the history's epoch 0 is the starting model, untrained)
+    rollbacks: list[dict] = field(default_factory=list)  # phases rolled back, and what then
 
 
 def fine_tune(
@@ -119,8 +109,8 @@ def fine_tune(
         The model with its best epoch's weights, the history and timings.
 
     Raises:
-        NonFiniteLossError: The loss, a gradient norm or a weight became NaN/inf; no checkpoint
-            of that epoch is written.
+        NonFiniteLossError: The loss, a gradient norm or a weight became NaN/inf, or the loss
+            diverged where no retry was left (see never_worse); no checkpoint of that epoch.
         CheckpointError: Checkpoints of this plan exist but none is complete, or the ranks
             found different ones.
         ConfigError: ``batch_size`` is not divisible by the number of processes.
@@ -145,30 +135,9 @@ def _remove_other_series(series: Path) -> None:
             shutil.rmtree(other, ignore_errors=True)
 
 
-def digest(tensors: list[torch.Tensor]) -> str:
-    """sha256 over the tensors' bytes (what the run starts from: weights, images, labels)."""
-    h = hashlib.sha256()
-    for tensor in tensors:
-        h.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def code_digest() -> str:
-    """sha256 of the training and model source files."""
-    h = hashlib.sha256()
-    for path in sorted(p for folder in CODE for p in folder.rglob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()
-
-
-def steps_per_epoch(count: int, batch_size: int) -> int:
-    """Full batches only: a last batch of one image would break BatchNorm in training mode."""
-    return max(1, count // batch_size)
-
-
-class _Trainer:
-    """The training state of one run: what a checkpoint saves and restores."""
+class _Trainer(Resumable, NeverWorse):
+    """The training state of one run (checkpoints: :class:`Resumable`; the best epoch and
+    rollbacks: :class:`NeverWorse`)."""
 
     def __init__(
         self, model, train, val, opts: Finetune, seed, device, precision: Precision, world: World
@@ -183,8 +152,8 @@ class _Trainer:
         self.train, self.val, self.opts, self.seed = train, val, opts, seed
         self.device, self.precision, self.world = device, precision, world
         groups = len(layer_names(model))
-        self.phases = resolve_phases(opts, groups)
-        self.lrs = [group_lrs(opts, phase, groups) for phase in self.phases]
+        phases = resolve_phases(opts, groups, len(train[1]))
+        lrs = [group_lrs(opts, phase, groups) for phase in phases]
         self.rank_batch = opts.batch_size // world.size
         self.sampler = DistributedSampler(
             range(len(train[1])), num_replicas=world.size, rank=world.rank, shuffle=True,
@@ -193,111 +162,59 @@ class _Trainer:
         self.steps = steps_per_epoch(len(self.sampler), self.rank_batch)
         self.wrapped: tuple[int, nn.Module] | None = None  # (phase, DDP wrapper)
         self.optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay))
-        self.scheduler = phase_schedule(
-            self.optimizer, self.phases, self.lrs, self.steps, opts.warmup_fraction
-        )
+        self.timeline = Timeline(phases, lrs, self.steps, opts.warmup_fraction)
+        self.scheduler = timeline_schedule(self.optimizer, self.timeline)
         self.scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
-        self.epochs = sum(phase.epochs for phase in self.phases)
         self.epoch, self.seconds, self.finished = 0, 0.0, False
         self.history: list[dict[str, float]] = []
+        self.rollbacks: list[dict] = []
         self.best_epoch, self.best = 0, {}
         self.best_state: dict[str, torch.Tensor] | None = None
         state = model.state_dict()
         data = [*train, *(val or ())]
         self.start_digest = digest([state[k] for k in sorted(state)] + list(data))
 
-    def plan(self) -> dict:
-        """What must match for a checkpoint to continue this run exactly."""
-        settings = self.opts.model_dump(
-            mode="json", exclude={"resume", "keep_checkpoints", "nproc"}
-        )  # nproc only says how to launch; the world size below is what counts
-        return {
-            "settings": settings,
-            "phases": [[p.groups, p.epochs, p.lr] for p in self.phases],
-            "lrs": self.lrs,
-            "steps_per_epoch": self.steps,
-            "seed": self.seed,
-            "world_size": self.world.size,
-            "train_size": len(self.train[1]),
-            "val_size": 0 if self.val is None else len(self.val[1]),
-            "precision": self.precision.name,
-            "start": self.start_digest,
-            "code": code_digest(),
-        }
-
-    def plan_id(self) -> str:
-        """A short name for this plan: its checkpoint series' folder."""
-        text = json.dumps(self.plan(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-    def start(self, folder: Path) -> int:
-        """Resume from the newest complete checkpoint (or clear them all); the epoch resumed."""
-        if not self.opts.resume:
-            if self.world.main:
-                clear_checkpoints(folder)
-            self.world.barrier()
-            return 0
-        checkpoint = load_latest(folder)
-        found = self.world.gather(None if checkpoint is None else checkpoint.path.name)
-        if len(set(found)) > 1:
-            raise CheckpointError(
-                f"{folder}: the processes found different checkpoints ({found}); with several "
-                "machines, paths.checkpoints must be on storage that all of them share"
-            )
-        if checkpoint is None:
-            return 0
-        self._restore(checkpoint)
-        return checkpoint.epoch
-
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        state = checkpoint.state
-        if state["plan"] != self.plan():
-            raise CheckpointError(
-                f"{checkpoint.path}: made with other finetune settings, seed, data or precision; "
-                "set finetune.resume: false (or delete the checkpoints) to start again"
-            )
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][self.world.rank])  # one per rank (the plan fixes the count)
-        self.epoch, self.seconds = state["epoch"], state["seconds"]
-        self.finished = state["finished"]
-        self.history, self.best = state["history"], state["best"]
-        self.best_epoch = state["best_epoch"]
-        self.best_state = checkpoint.best if checkpoint.best is not None else checkpoint.model
-
     def fit(self, folder: Path, on_epoch_end: EpochCallback | None, progress: bool) -> None:
+        report = on_epoch_end or (lambda epoch, metrics: None)
+        if not self.history and self.val is not None:
+            self._epoch_zero()
+            report(0, _without_epoch(self.history[0]))
         size = self.steps * self._batch()
         bar = tqdm(
-            total=self.epochs * size, initial=self.epoch * size, desc="finetune", unit="img",
-            unit_scale=True, disable=not progress,
+            total=self.timeline.epochs * size, initial=self.epoch * size, desc="finetune",
+            unit="img", unit_scale=True, disable=not progress,
         )  # fmt: skip
         with bar:
-            while self.epoch < self.epochs and not self.finished:
-                metrics = self._epoch(bar)
+            while self.epoch < self.timeline.epochs and not self.finished:
+                try:
+                    metrics = self._epoch(bar)
+                except NonFiniteLossError as err:
+                    self._retry_diverged(err)  # or raise it again: nothing to go back to
+                    continue
                 self._checkpoint(folder, metrics)
-                if on_epoch_end is not None:
-                    on_epoch_end(self.epoch, {k: v for k, v in metrics.items() if k != "epoch"})
+                report(self.epoch, _without_epoch(metrics))
+                bar.total = self.timeline.epochs * size  # a retry adds epochs, a stop drops some
 
     def _batch(self) -> int:
         """Images per step, over all processes."""
         return min(self.rank_batch, len(self.sampler)) * self.world.size
 
     def _epoch(self, bar) -> dict[str, float]:
-        index = phase_of(self.epoch, self.phases)
+        index = self.timeline.run_of(self.epoch)
+        run = self.timeline.runs[index]
+        lrs = self.timeline.peak_lrs(self.epoch)
         started = time.perf_counter()
-        train_loss = self._train_epoch(index, bar)
+        train_loss = self._train_epoch(run.phase, bar)
         train_seconds = time.perf_counter() - started
         metrics = {
             "epoch": self.epoch + 1,
-            "phase": index + 1,
-            "unfrozen_groups": self.phases[index].groups,
+            "phase": run.phase + 1,
+            "unfrozen_groups": self.timeline.phases[run.phase].groups,
             "train_loss": train_loss,
-            "lr_head": self.lrs[index][-1],  # the phase's peak LRs, head and top group
-            "lr_top": self.lrs[index][-2],
+            "lr_head": lrs[-1],  # the run's peak LRs, head and top group
+            "lr_top": lrs[-2],
+            "lr_scale": run.lr_scale,  # below 1 in a retry after a rollback
             "images_per_second": self.steps * self._batch() / train_seconds,
         }
         if self.val is not None:
@@ -306,12 +223,14 @@ class _Trainer:
         self.epoch += 1
         self.history.append(metrics)
         self._track_best(metrics, index)
+        if self.val is not None and self.timeline.ends_run(self.epoch):
+            self._judge_run(index, metrics)
         return metrics
 
-    def _train_epoch(self, index: int, bar) -> float:
+    def _train_epoch(self, phase: int, bar) -> float:
         self.model.train()
-        apply_phase(self.model, self.phases[index], freeze_bn=self.opts.freeze_bn)
-        net = self._network(index)
+        apply_phase(self.model, self.timeline.phase(self.epoch), freeze_bn=self.opts.freeze_bn)
+        net = self._network(phase)
         # Order and augmentation depend on (seed, epoch, rank) only: a resumed epoch repeats them.
         self.sampler.set_epoch(self.epoch)
         order = torch.tensor(list(self.sampler))
@@ -328,7 +247,7 @@ class _Trainer:
             total += self._step(net, x, labels[idx].to(self.device), step)
             bar.update(len(idx) * self.world.size)
             mean = total / (step + 1)
-            bar.set_postfix(phase=f"{index + 1}/{len(self.phases)}", loss=f"{mean:.4f}")
+            bar.set_postfix(phase=f"{phase + 1}/{len(self.timeline.phases)}", loss=f"{mean:.4f}")
         self.world.broadcast_buffers(self.model)  # one set of BatchNorm statistics to validate
         return total / self.steps
 
@@ -359,7 +278,8 @@ class _Trainer:
         # The mean over ranks, so that all of them stop together on a bad loss.
         mean = self.world.all_sum(loss.detach().clone()) / self.world.size
         if problem := loss_problem(mean, logits.shape[1]):
-            self._non_finite(f"{problem} at epoch {self.epoch + 1}, step {step}")
+            where = f"{problem} at epoch {self.epoch + 1}, step {step}"
+            self._non_finite(where, diverged=bool(torch.isfinite(mean)))
         self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: never stepped
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -381,54 +301,14 @@ class _Trainer:
         self.scheduler.step()
         return mean.item()
 
-    def _non_finite(self, what: str) -> None:
-        phase = self.phases[phase_of(min(self.epoch, self.epochs - 1), self.phases)]
+    def _non_finite(self, what: str, diverged: bool = False) -> None:
+        phase = self.timeline.phase(min(self.epoch, self.timeline.epochs - 1))
         raise NonFiniteLossError(
             f"finetune: {what} (phase LR {phase.lr}); "
             "lower finetune.base_lr (or the phase's lr), keep finetune.clip_grad_norm set, "
-            "or use precision fp32"
+            "or use precision fp32",
+            diverged=diverged,
         )
-
-    def _track_best(self, metrics: dict[str, float], index: int) -> None:
-        if improved(metrics, self.best):
-            self.best_epoch, self.best = self.epoch, metrics
-            state = self.model.state_dict()
-            self.best_state = {k: v.detach().cpu().clone() for k, v in state.items()}
-        last_phase = index == len(self.phases) - 1
-        # Early stopping only in the last phase: an earlier phase is followed by a thaw.
-        if self.opts.patience and self.val is not None and last_phase:
-            self.finished = self.epoch - self.best_epoch >= self.opts.patience
-
-    def _checkpoint(self, folder: Path, metrics: dict[str, float]) -> None:
-        state = self.model.state_dict()
-        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-        if bad:
-            self._non_finite(f"weights became non-finite ({bad[:3]}) in epoch {self.epoch}")
-        rng = self.world.gather(rng_state())  # every rank's, for an exact resume
-        if not self.world.main:
-            return
-        save_checkpoint(
-            folder, self.epoch, state, self._state(rng),
-            best=None if self.best_epoch == self.epoch else self.best_state,
-            keep=self.opts.keep_checkpoints,
-        )  # fmt: skip
-
-    def _state(self, rng: list[dict]) -> dict:
-        return {
-            "plan": self.plan(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "rng": rng,
-            "epoch": self.epoch,
-            "phase": phase_of(self.epoch - 1, self.phases),
-            "unfrozen_groups": unfrozen_groups(self.model),
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            "best": self.best,
-            "seconds": self.seconds,
-            "finished": self.finished,
-        }
 
     def result(self, resumed: int, series: Path) -> FineTuneResult:
         self._check_replicas()
@@ -439,6 +319,7 @@ class _Trainer:
         return FineTuneResult(
             model, self.history, self.best_epoch, self.best, self.seconds,
             resumed_from=resumed, checkpoints=series, precision=self.precision.name,
+            epochs=self.epoch, rollbacks=self.rollbacks,
         )  # fmt: skip
 
     def _check_replicas(self) -> None:
@@ -452,3 +333,7 @@ class _Trainer:
                 f"finetune: the {self.world.size} processes ended with different weights; "
                 "a gradient was not synchronised. Please report this with your params.yaml"
             )
+
+
+def _without_epoch(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "epoch"}

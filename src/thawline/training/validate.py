@@ -1,9 +1,10 @@
-"""Validation of a classifier on uint8 images, and which epoch counts as the best."""
+"""Validation of a classifier on uint8 images, its pooled features, and which epoch is the best."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from thawline.models.classifier import Classifier
 from thawline.training.batches import Precision, autocast
@@ -22,6 +23,30 @@ def predict_logits(
     for chunk in images.split(batch_size):
         with autocast(device, precision):
             outputs.append(model(chunk.to(device)).float().cpu())
+    return torch.cat(outputs)
+
+
+@torch.inference_mode()
+def pooled_features(
+    model: Classifier,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    precision: Precision = FP32,
+    progress: bool = False,
+) -> torch.Tensor:
+    """float32 ``[N, D]``: what ``model``'s head sees for uint8 images, computed exactly as
+    :func:`predict_logits` computes it (eval mode, the same preprocessing and precision)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    bar = tqdm(total=len(images), desc="features", unit="img", disable=not progress)
+    with bar:
+        for chunk in images.split(batch_size):
+            x = model.preprocess(chunk.to(device)).contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                outputs.append(model.features(x).float().cpu())
+            bar.update(len(chunk))
     return torch.cat(outputs)
 
 
