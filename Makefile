@@ -1,6 +1,6 @@
 # The two commands a new user needs (see README):
 #   make run    set everything up, then run the pipeline (dvc repro)
-#   make test   set everything up, then lint and run the fast test suite
+#   make test   set everything up, then lint (ruff, import contracts) and run the fast test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -42,6 +42,7 @@ full: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 test-all: setup

@@ -23,8 +23,9 @@ from torchvision.transforms import InterpolationMode
 
 from thawline.config import config_from_dict
 from thawline.data.store import load_split
+from thawline.devices import resolve_precision
 from thawline.features.cache import load_features
-from thawline.features.extract import FeatureExtractor, Preprocess, pick_precision
+from thawline.features.extractor import FeatureExtractor, Preprocess
 from thawline.models.backbone import create_backbone
 from thawline.stages import extract, prepare
 
@@ -68,7 +69,7 @@ def naive(cfg, images: torch.Tensor) -> float:
 
 def model_only(cfg, n: int) -> float:
     backbone = create_backbone(cfg.backbone)
-    amp = pick_precision(cfg.extract.precision, torch.device("cpu"))
+    amp = resolve_precision(cfg.extract.precision, torch.device("cpu"), training=False).dtype
     preprocess = Preprocess.from_backbone(backbone, cfg.extract.image_size, cfg.extract.crop_pct)
     extractor = FeatureExtractor(backbone, [], preprocess, torch.device("cpu"), amp)
     x = torch.randn(cfg.extract.batch_size, 3, cfg.extract.image_size, cfg.extract.image_size)

@@ -26,8 +26,8 @@ from thawline.config import config_from_dict
 from thawline.data.store import load_split
 from thawline.features.cache import load_features
 from thawline.models.backbone import create_backbone
-from thawline.models.head import load_head
 from thawline.models.preprocess import Preprocess
+from thawline.models.storage import load_head
 from thawline.stages import extract, prepare, train_head
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from thawline.config import load_config
-from thawline.data.sources import DEBIAN_FASHION_MNIST, read_idx
+from thawline.data.image_sources import DEBIAN_FASHION_MNIST, read_idx
 from thawline.files import read_json
 from thawline.stages import evaluate, extract, finetune, prepare, train_head
 from thawline.stages.finetune import resolve_strategy

@@ -1,8 +1,10 @@
 """Prefect flows and deployments: the only place that imports prefect.
 
-- :mod:`pipelines.training`: prepare -> extract -> train_head -> finetune -> scratch -> evaluate ->
-  register, one Prefect task per stage (``python -m pipelines.training``, ``thawline flow run``).
-- :mod:`pipelines.retrain`: the scheduled data-change flow, in tiers (``thawline flow retrain``).
+- :mod:`pipelines.training_flow`: every stage of :data:`thawline.stage_table.STAGES` in order,
+  one Prefect task per stage (``thawline flow run``).
+- :mod:`pipelines.retrain_flow`: the scheduled data-change flow, in tiers (``thawline flow
+  retrain``); its decisions are :mod:`thawline.training.retrain_policy`'s.
+- :mod:`pipelines.tasks`: one task per stage, ``dvc repro --single-item <stage>``.
 - :mod:`pipelines.deploy`: both flows as deployments on cron schedules (``thawline flow serve``).
 
 Every task runs its stage through DVC (``dvc repro --single-item <stage>``), which calls the same

@@ -14,8 +14,10 @@ from pathlib import Path
 from prefect import serve as prefect_serve
 from prefect.schedules import Cron
 
-from pipelines.retrain import retrain
-from pipelines.training import training
+from pipelines.retrain_flow import DESCRIPTION as RETRAIN
+from pipelines.retrain_flow import retrain
+from pipelines.training_flow import DESCRIPTION as TRAINING
+from pipelines.training_flow import training
 from thawline.config import Config, load_config
 
 
@@ -27,13 +29,13 @@ def deployments(params: Path, cfg: Config) -> list:
             name="thawline-training",
             schedule=Cron(cfg.flow.cron, timezone=cfg.flow.timezone),
             parameters=parameters,
-            description="prepare -> extract -> train_head -> finetune -> evaluate -> register",
+            description=TRAINING,
         ),
         retrain.to_deployment(
             name="thawline-retrain",
             schedule=Cron(cfg.flow.retrain_cron, timezone=cfg.flow.timezone),
             parameters=parameters,
-            description="on new or changed images: extract those, retrain, evaluate, register",
+            description=RETRAIN,
         ),
     ]
 

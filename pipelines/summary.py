@@ -3,19 +3,10 @@ decision, and where to find the MLflow run."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from pipelines.stages import StageOutcome
+from pipelines.tasks import StageOutcome
 from thawline.config import Config
+from thawline.evaluation.artifacts import read_metrics, read_registration
 from thawline.tracking import tracking_uri
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def summary_markdown(
@@ -28,11 +19,11 @@ def summary_markdown(
     lines += ["", "| stage | ran | seconds |", "|---|---|---|"]
     lines += [f"| {o.stage} | {'yes' if o.ran else 'up to date'} | {o.seconds:.1f} |"
               for o in outcomes]  # fmt: skip
-    metrics = _read(cfg.paths.evaluation / "metrics.json")
+    metrics = read_metrics(cfg.paths.evaluation)
     if metrics:
         lines += ["", "## Test metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, int | float)]
-    registration = _read(cfg.paths.registration)
+    registration = read_registration(cfg.paths.registration)
     if registration.get("registered"):
         decision = registration.get("decision", {})
         verdict = "promoted to champion" if decision.get("promote") else "champion kept"

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from thawline.config import Config, Paths, config_from_dict
-from thawline.data.sources import DEBIAN_FASHION_MNIST
+from thawline.config import Config, config_from_dict
+from thawline.data.image_sources import DEBIAN_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,15 +52,21 @@ def keep_tracking_uri():
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
+def shipped_params() -> dict:
+    """The params.yaml users run, as a plain dict: tests start from it, never from code
+    defaults (tests/unit/test_config.py holds the code's defaults to it)."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
 def small_config(tmp: Path, **sections) -> Config:
-    """A config for ~20 images per class and split, 32 px inputs, every path under ``tmp``."""
+    """The shipped params.yaml for ~20 images per class and split, 32 px inputs, every path
+    under ``tmp``."""
+    raw = shipped_params()
     # Every output under tmp (never the repo's data/, models/, reports/ from a real run).
-    paths = {name: str(tmp / default) for name, default in Paths().model_dump().items()}
-    raw = {
-        "paths": paths | {"prepared": str(tmp / "prepared"), "features": str(tmp / "features")},
-        "prepare": {"limit_per_class": 20},
-        "extract": {"image_size": 32, "batch_size": 32},
-    }
+    raw["paths"] = {name: str(tmp / value) for name, value in raw["paths"].items()}
+    raw["paths"] |= {"prepared": str(tmp / "prepared"), "features": str(tmp / "features")}
+    raw["prepare"]["limit_per_class"] = 20
+    raw["extract"] |= {"image_size": 32, "batch_size": 32}
     for name, values in sections.items():
         if isinstance(values, dict):
             raw.setdefault(name, {}).update(values)
@@ -103,7 +110,7 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, classes=("a
 @pytest.fixture(scope="session")
 def fashion_mnist_arrays() -> tuple:
     """The first 200 training images and labels of Fashion-MNIST, as numpy arrays."""
-    from thawline.data.sources import read_idx
+    from thawline.data.image_sources import read_idx
 
     images = read_idx(DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz")[:200]
     labels = read_idx(DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz")[:200]

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import torch
 
-from thawline.config import Finetune, config_from_dict
+from thawline.config import FinetuneParams, config_from_dict
 from thawline.data.store import load_split
 from thawline.models.backbone import create_backbone
 from thawline.models.classifier import Classifier
 from thawline.models.head import Head
 from thawline.models.preprocess import PooledFeatures, Preprocess
-from thawline.training.finetune import fine_tune
+from thawline.training.thaw_loop import fine_tune
 
 OPTS = {
     "strategy": "custom",
@@ -58,7 +58,7 @@ def run(data, folder: Path, stop_after: int | None = None, on_epoch_end=None, **
         if epoch == stop_after:
             raise Stop
 
-    opts = Finetune(**(OPTS | changes))
+    opts = FinetuneParams(**(OPTS | changes))
     return fine_tune(tiny_model(), *data, opts, 7, checkpoint_dir=folder, on_epoch_end=callback)
 
 

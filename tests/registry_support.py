@@ -23,7 +23,8 @@ from thawline.data.store import read_manifest
 from thawline.evaluation.predictions import PREDICTIONS, save_predictions
 from thawline.features.cache import load_features, read_cache_manifest
 from thawline.files import read_json, write_json
-from thawline.models.head import Head, save_head
+from thawline.models.head import Head
+from thawline.models.storage import save_head
 from thawline.stages import extract, register
 
 NAME = "fmnist"

@@ -4,6 +4,9 @@ thawline stage prepare
 thawline stage extract -S backbone.name=torchvision:resnet18 -S backbone.weights=imagenet
 thawline stage finetune --nproc 2   # DDP under torchrun, 2 processes on this machine
 thawline config            # print the validated config
+
+Exit codes (thawline.errors): 0 done, 1 a stage failed with its own error, 2 bad input or
+config, 3 a crash (a traceback is printed).
 """
 
 from __future__ import annotations
@@ -15,40 +18,15 @@ import json
 import logging
 import sys
 import time
+import traceback
 
 from thawline import __version__
 from thawline.config import ConfigError, dump_config, load_config
+from thawline.errors import CRASH, ThawlineError
+from thawline.stage_status import StageStatus, rank_reports, write_status
+from thawline.stage_table import NAMES, STAGES, StageResult, stage
 
-# The stages that run in several processes, and the params section holding their ``nproc``.
-DISTRIBUTED = {"extract": "extract", "finetune": "finetune", "scratch": "finetune"}
-STAGES = {
-    "prepare": "decode, split and hash the data source into a uint8 store (paths.prepared)",
-    "extract": "run the frozen backbone once and cache its features (paths.features)",
-    "train_head": "train the classifier head on the cached features (paths.head)",
-    "finetune": "thaw the backbone under the head: gradual unfreezing, per-group LRs; "
-    "strategy auto picks by data size and the probe (paths.finetune)",
-    "scratch": "the from-scratch baseline with the fine-tune's budget, when scratch.enabled "
-    "(paths.scratch)",
-    "evaluate": "score every trained model on the pinned test split; the best by validation "
-    "accuracy gets the full metrics, plots and predictions (paths.evaluation)",
-    "register": "log the complete model to MLflow; move 'champion' only through the gate",
-}
-# Errors whose message already says what is wrong and what to do: no traceback for these.
-USER_ERRORS = (
-    "ConfigError",
-    "SourceError",
-    "BadImageError",
-    "StoreError",
-    "CacheError",
-    "WeightsError",
-    "NonFiniteLossError",
-    "StageError",
-    "TransientStageError",
-    "EvaluationError",
-    "CheckpointError",
-    "RegistryError",
-    "MlflowException",
-)
+EPILOG = "exit codes: 0 done, 1 a stage failed, 2 bad input or config, 3 a crash"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,40 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thawline",
         description="Transfer learning that freezes, caches and thaws. Stages read params.yaml; "
         "dvc.yaml runs them in order (dvc repro).",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"thawline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-p", "--params", default="params.yaml", help="params file (default: params.yaml)"
-    )
-    common.add_argument(
-        "-S",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a param, e.g. -S extract.batch_size=16 (repeatable, validated)",
-    )
-    stage = sub.add_parser(
-        "stage",
-        parents=[common],
-        help="run one pipeline stage",
-        description="Run one stage. Stages: "
-        + "; ".join(f"{name}: {text}" for name, text in STAGES.items()),
-    )
-    stage.add_argument("name", choices=list(STAGES), help="the stage to run")
-    stage.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    stage.add_argument(
-        "--nproc",
-        type=int,
-        metavar="N",
-        help="run in N processes on this machine under torchrun (extract: ranks split the "
-        "shards; finetune, scratch: DistributedDataParallel, gloo on CPU, nccl on CUDA). "
-        "Same as -S extract.nproc=N (finetune.nproc for finetune and scratch). Across "
-        "machines, run torchrun yourself: torchrun --nnodes ... -m thawline stage NAME",
-    )
+    common = _common_options()
+    _add_stage_command(sub, common)
     sub.add_parser("config", parents=[common], help="print the validated config as JSON")
     flow = sub.add_parser(
         "flow",
@@ -112,9 +62,43 @@ def build_parser() -> argparse.ArgumentParser:
             help="top-k labels for images or folders from a registered or saved model",
             description="Predict with a model, e.g. "
             "thawline predict --model models:/thawline@champion photo.jpg folder/",
+            epilog=EPILOG,
         )
     )
     return parser
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-p", "--params", default="params.yaml", help="params file (default: params.yaml)"
+    )
+    common.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a param, e.g. -S extract.batch_size=16 (repeatable, validated)",
+    )  # fmt: skip
+    return common
+
+
+def _add_stage_command(sub, common: argparse.ArgumentParser) -> None:
+    distributed = sorted(s.name for s in STAGES if s.nproc_section)
+    command = sub.add_parser(
+        "stage",
+        parents=[common],
+        help="run one pipeline stage",
+        description="Run one stage. Stages: "
+        + "; ".join(f"{s.name}: {s.description} (paths.{s.output})" for s in STAGES),
+        epilog=EPILOG,
+    )
+    command.add_argument("name", choices=list(NAMES), help="the stage to run")
+    command.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    command.add_argument(
+        "--nproc", type=int, metavar="N",
+        help=f"run in N processes on this machine under torchrun ({', '.join(distributed)}; "
+        "extract: ranks split the shards; finetune, scratch: DistributedDataParallel, gloo on "
+        "CPU, nccl on CUDA). Same as -S <section>.nproc=N. Across machines, run torchrun "
+        "yourself: torchrun --nnodes ... -m thawline stage NAME",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,50 +106,71 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
     what = getattr(args, "name", args.command)
+    status = StageStatus(what, 0)
     try:
-        if args.command == "predict":
-            from thawline.predict import main_predict
-
-            return main_predict(args)
-        if args.command == "flow":
-            return run_flow(args)
-        if getattr(args, "nproc", None) is not None:
-            args.overrides.append(f"{nproc_key(args.name)}={args.nproc}")
-        cfg = load_config(args.params, args.overrides)
-        if args.command == "config":
-            print(json.dumps(dump_config(cfg), indent=2))
-            return 0
-        if args.command == "report":
-            from thawline.reporting.html import write_report
-
-            print(f"thawline: report written to {write_report(cfg)}", file=sys.stderr)
-            return 0
-        from thawline import distributed  # imports torch: not for config, flow or --help
-
-        if distributed.env_rank() != 0:  # under torchrun rank 0 speaks for all; others warn
-            logging.getLogger().setLevel(logging.WARNING)
-        nproc = getattr(cfg, DISTRIBUTED[args.name]).nproc if args.name in DISTRIBUTED else 1
-        if nproc > 1 and not distributed.under_torchrun():
-            return distributed.launch(stage_argv(args), nproc)
-        return run_stage(cfg, args.name, progress=not args.quiet and sys.stderr.isatty())
+        status = _dispatch(args)
     except ConfigError as err:
         print(f"thawline: config error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        if type(err).__name__ not in USER_ERRORS:
-            raise
+        status = StageStatus(what, err.exit_code, f"config error: {err}")
+    except ThawlineError as err:
         print(f"thawline: {what} failed: {err}", file=sys.stderr)
-        return 1
+        status = StageStatus(what, err.exit_code, str(err))
+    except Exception as err:  # a bug or the environment: the traceback is what helps
+        traceback.print_exc()
+        status = StageStatus(what, CRASH, f"{type(err).__name__}: {err}")
+    if args.command == "stage":
+        from thawline import distributed  # imports torch: not for config, flow or --help
+
+        write_status(status, distributed.env_rank() if distributed.under_torchrun() else None)
+    return status.exit_code
 
 
-def nproc_key(stage: str) -> str:
-    """The param ``--nproc`` sets for ``stage``."""
-    if stage not in DISTRIBUTED:
+def _dispatch(args: argparse.Namespace) -> StageStatus:
+    """Run the command; how it ended (errors propagate to :func:`main`)."""
+    what = getattr(args, "name", args.command)
+    if args.command == "predict":
+        from thawline.predict import main_predict
+
+        return StageStatus(what, main_predict(args))
+    if args.command == "flow":
+        return StageStatus(what, run_flow(args))
+    if getattr(args, "nproc", None) is not None:
+        args.overrides.append(f"{nproc_key(args.name)}={args.nproc}")
+    cfg = load_config(args.params, args.overrides)
+    if args.command == "config":
+        print(json.dumps(dump_config(cfg), indent=2))
+        return StageStatus(what, 0)
+    if args.command == "report":
+        from thawline.reporting.html import write_report
+
+        print(f"thawline: report written to {write_report(cfg)}", file=sys.stderr)
+        return StageStatus(what, 0)
+    return _stage(cfg, args)
+
+
+def _stage(cfg, args: argparse.Namespace) -> StageStatus:
+    from thawline import distributed  # imports torch: not for config, flow or --help
+
+    if distributed.env_rank() != 0:  # under torchrun rank 0 speaks for all; others warn
+        logging.getLogger().setLevel(logging.WARNING)
+    section = stage(args.name).nproc_section
+    nproc = getattr(cfg, section).nproc if section else 1
+    if nproc > 1 and not distributed.under_torchrun():
+        with rank_reports(args.name) as status_of:
+            return status_of(distributed.launch(stage_argv(args), nproc))
+    result = run_stage(cfg, args.name, progress=not args.quiet and sys.stderr.isatty())
+    return StageStatus(args.name, 0, metrics=dict(result.metrics))
+
+
+def nproc_key(name: str) -> str:
+    """The param ``--nproc`` sets for stage ``name``."""
+    section = stage(name).nproc_section
+    if section is None:
+        runs = sorted(s.name for s in STAGES if s.nproc_section)
         raise ConfigError(
-            f"--nproc: stage '{stage}' runs in one process; only {sorted(DISTRIBUTED)} run "
-            "under torchrun"
+            f"--nproc: stage '{name}' runs in one process; only {runs} run under torchrun"
         )
-    return f"{DISTRIBUTED[stage]}.nproc"
+    return f"{section}.nproc"
 
 
 def stage_argv(args: argparse.Namespace) -> list[str]:
@@ -180,11 +185,11 @@ def run_flow(args: argparse.Namespace) -> int:
     if args.action != "run" and args.overrides:
         raise ConfigError(f"flow {args.action}: -S overrides apply to 'flow run' only")
     if args.action == "run":
-        from pipelines.training import training
+        from pipelines.training_flow import training
 
         print(json.dumps(training(args.params, args.overrides), indent=1))
     elif args.action == "retrain":
-        from pipelines.retrain import retrain
+        from pipelines.retrain_flow import retrain
 
         print(json.dumps(retrain(args.params), indent=1))
     else:
@@ -194,19 +199,18 @@ def run_flow(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_stage(cfg, name: str, progress: bool) -> int:
+def run_stage(cfg, name: str, progress: bool) -> StageResult:
     """Run one stage inside its MLflow run; epoch metrics reach MLflow through callbacks."""
     from thawline import distributed
 
-    module = importlib.import_module(f"thawline.stages.{name}")
+    module = importlib.import_module(stage(name).module)
     if distributed.env_rank() != 0:  # under torchrun only rank 0 tracks and reports
-        module.run(cfg, progress=False)
-        return 0
-    from thawline.tracking import stage_run
+        return module.run(cfg, progress=False)
+    from thawline.tracking import mlflow_errors, stage_run
 
     accepted = inspect.signature(module.run).parameters
     started = time.perf_counter()
-    with stage_run(cfg, name) as tracker:
+    with mlflow_errors(), stage_run(cfg, name) as tracker:
         callbacks = {
             "on_epoch_end": tracker.log_epoch,
             "on_candidate": getattr(tracker, "log_candidate", None),
@@ -217,7 +221,7 @@ def run_stage(cfg, name: str, progress: bool) -> int:
     seconds = time.perf_counter() - started
     metrics = ", ".join(f"{k}={v:g}" for k, v in result.metrics.items())
     print(f"thawline: {name} done in {seconds:.1f}s ({metrics})", file=sys.stderr)
-    return 0
+    return result
 
 
 if __name__ == "__main__":

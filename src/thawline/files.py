@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,17 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """sha256 over each tensor's name and bytes, in the order given: a shard's contents (sorted
+    names, stored in its header), a backbone's weights (state-dict order, in the feature
+    fingerprint), what a fine-tune starts from (its checkpoint series' name)."""
+    h = hashlib.sha256()
+    for name, tensor in named:
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

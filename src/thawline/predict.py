@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from thawline.data.images import BadImageError, is_image_file
+from thawline.errors import BAD_INPUT
 from thawline.files import atomic_path
 
 DEFAULT_MODEL = "models:/thawline@champion"
@@ -57,7 +58,8 @@ def predict_paths(
 
     Raises:
         BadImageError: A path that does not exist.
-        MlflowException: An image that cannot be decoded (the message names the file).
+        MlflowException: An image that cannot be decoded (the message names the file); the
+            CLI reports it as a TrackingError.
         RegistryError: An alias that does not exist; never falls back to another version.
     """
     from thawline.tracking import load_model  # mlflow loads only when predicting
@@ -94,10 +96,15 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def main_predict(args: argparse.Namespace) -> int:
     """Print the top-k labels per image (and write the CSV); returns the exit status."""
-    rows = predict_paths(args.model, args.paths, args.top_k, getattr(args, "tracking_uri", None))
+    from thawline.tracking import mlflow_errors
+
+    with mlflow_errors():
+        rows = predict_paths(
+            args.model, args.paths, args.top_k, getattr(args, "tracking_uri", None)
+        )
     if not rows:
-        print("thawline: no image files found", file=sys.stderr)
-        return 1
+        print(f"thawline: no image files in {[str(p) for p in args.paths]}", file=sys.stderr)
+        return BAD_INPUT
     width = max(len(str(row["path"])) for row in rows)
     for row in rows:
         ranked = ", ".join(f"{label} {p:.3f}" for label, p in row["top"])

@@ -9,14 +9,14 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 from timm.data import create_transform
 
-from thawline.config import Backbone as BackboneConfig
+from thawline.config import BackboneParams
 from thawline.models.backbone import create_backbone, weights_sha256
 from thawline.models.weights import WeightsError
 
 
 @pytest.fixture(scope="module")
 def lite0():
-    return create_backbone(BackboneConfig()).eval()
+    return create_backbone(BackboneParams()).eval()
 
 
 def top1(backbone, name: str) -> int:
@@ -65,7 +65,7 @@ def test_timm_interface_groups_and_hooks(lite0):
     ],
 )
 def test_torchvision_adapters(name, width, n_groups, hooks):
-    backbone = create_backbone(BackboneConfig(name=f"torchvision:{name}", weights="none"))
+    backbone = create_backbone(BackboneParams(name=f"torchvision:{name}", weights="none"))
     assert backbone.num_features == width
     groups = backbone.layer_groups()
     assert len(groups) == n_groups
@@ -81,12 +81,12 @@ def test_torchvision_adapters(name, width, n_groups, hooks):
 
 
 def test_local_safetensors_weights_round_trip(tmp_path):
-    source = create_backbone(BackboneConfig(name="torchvision:resnet18", weights="none"))
+    source = create_backbone(BackboneParams(name="torchvision:resnet18", weights="none"))
     state = {f"module.{k}": v for k, v in source.model.state_dict().items()}
     state |= {"module.fc.weight": torch.zeros(1000, 512), "module.fc.bias": torch.zeros(1000)}
     path = tmp_path / "resnet18.safetensors"
     save_file(state, str(path))
-    loaded = create_backbone(BackboneConfig(name="torchvision:resnet18", weights=str(path)))
+    loaded = create_backbone(BackboneParams(name="torchvision:resnet18", weights=str(path)))
     assert weights_sha256(loaded.model) == weights_sha256(source.model)
 
 
@@ -94,24 +94,24 @@ def test_weights_that_do_not_fit_name_the_keys(tmp_path):
     path = tmp_path / "wrong.safetensors"
     save_file({"conv1.weight": torch.zeros(3)}, str(path))
     with pytest.raises(WeightsError, match="does not fit the model"):
-        create_backbone(BackboneConfig(name="torchvision:resnet18", weights=str(path)))
+        create_backbone(BackboneParams(name="torchvision:resnet18", weights=str(path)))
 
 
 def test_imagenet_weights_offline_fail_fast_with_a_fix(monkeypatch):
-    monkeypatch.setattr("thawline.models.backbone.hub_reachable", lambda host: False)
+    monkeypatch.setattr("thawline.models.timm_adapter.hub_reachable", lambda host: False)
     with pytest.raises(WeightsError, match="backbone.weights: packaged"):
-        create_backbone(BackboneConfig(name="timm:resnet18", weights="imagenet"))
+        create_backbone(BackboneParams(name="timm:resnet18", weights="imagenet"))
 
 
 def test_torchvision_imagenet_weights_offline_fail_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
-    monkeypatch.setattr("thawline.models.backbone.hub_reachable", lambda host: False)
+    monkeypatch.setattr("thawline.models.torchvision_adapter.hub_reachable", lambda host: False)
     with pytest.raises(WeightsError, match="download.pytorch.org is unreachable"):
-        create_backbone(BackboneConfig(name="torchvision:resnet18", weights="imagenet"))
+        create_backbone(BackboneParams(name="torchvision:resnet18", weights="imagenet"))
 
 
 def test_torchvision_vit_groups_are_patch_embedding_then_encoder_blocks():
-    backbone = create_backbone(BackboneConfig(name="torchvision:vit_b_16", weights="none"))
+    backbone = create_backbone(BackboneParams(name="torchvision:vit_b_16", weights="none"))
     groups = backbone.layer_groups()
     stem = ["class_token", "conv_proj.weight", "conv_proj.bias", "encoder.pos_embedding"]
     assert groups[0] == stem

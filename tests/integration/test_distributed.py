@@ -22,12 +22,13 @@ from tests.conftest import small_config
 from tests.finetune_support import tiny_model
 from tests.servers import VENV_BIN
 from thawline.cli import main
-from thawline.config import ConfigError, Finetune, dump_config
+from thawline.config import ConfigError, FinetuneParams, dump_config
 from thawline.distributed import World
 from thawline.features.cache import plan_shards, read_cache_manifest
+from thawline.run_stats import read_stats
 from thawline.stages import extract, finetune, train_head
 from thawline.stages.extract import shards_of
-from thawline.training.finetune import fine_tune
+from thawline.training.thaw_loop import fine_tune
 
 # Two phases, so the DDP wrapper is rebuilt when the whole backbone thaws. BatchNorm in eval
 # mode: at 32 px on 90 images per rank, batch statistics would swamp what is being compared.
@@ -91,8 +92,8 @@ def test_two_processes_extract_the_same_cache_bit_for_bit(trained, tmp_path):
     for name in shards:
         assert (one / name).read_bytes() == (two / name).read_bytes(), name
     first, second = read_cache_manifest(one), read_cache_manifest(two)
-    assert first.pop("seconds") >= 0 and second.pop("seconds") >= 0
-    assert first == second  # fingerprint, shard list, sha256s, counts
+    assert "seconds" not in first and "images_computed" not in first  # run stats: not outputs
+    assert first == second  # fingerprint, shard list, sha256s, counts: the whole manifest
     stamps = {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
     again = thawline_stage(params, "extract", "--nproc", "2")  # rank 0 checks for both
     assert "is up to date" in again and "images_computed=0" in again
@@ -106,7 +107,8 @@ def history(folder: Path) -> list[dict]:
 def test_ddp_finetune_trains_like_one_process_with_one_run_and_one_series(trained, tmp_path):
     single = finetune.run(trained, progress=False)
     assert single.info["processes"] == 1
-    params = params_file(trained, tmp_path, finetune="ddp", checkpoints="checkpoints")
+    params = params_file(trained, tmp_path, finetune="ddp", checkpoints="checkpoints",
+                         stats="stats")  # fmt: skip
     log = thawline_stage(params, "finetune", "--nproc", "2")
     assert "distributed: 2 processes (gloo)" in log
     one, two = history(trained.paths.finetune), history(tmp_path / "ddp")
@@ -134,7 +136,8 @@ def test_ddp_finetune_trains_like_one_process_with_one_run_and_one_series(traine
     shutil.rmtree(series / "epoch-0002")
     thawline_stage(params, "finetune", "--nproc", "2")
     again = json.loads((tmp_path / "ddp" / "record.json").read_text())
-    assert again["resumed_from"] == 1 and again["model_sha256"] == done["model_sha256"]
+    assert read_stats(tmp_path / "stats", "finetune")["resumed_from"] == 1  # a run statistic
+    assert again["model_sha256"] == done["model_sha256"]
 
 
 def test_ddp_rolls_a_bad_phase_back_on_every_rank_alike(trained, tmp_path):
@@ -143,7 +146,9 @@ def test_ddp_rolls_a_bad_phase_back_on_every_rank_alike(trained, tmp_path):
     worse than epoch 0."""
     params = params_file(trained, tmp_path, tracking=False, finetune="ddp",
                          checkpoints="checkpoints")  # fmt: skip
-    custom = "finetune.phases=[{groups: -1, epochs: 2, lr: 0.01}]"
+    # 3e-3 diverges on these 20 images and its retry at 3e-4 does not (1e-2 retried at 1e-3
+    # diverged again on the shipped params, which is a failed stage by design).
+    custom = "finetune.phases=[{groups: -1, epochs: 2, lr: 0.003}]"
     log = thawline_stage(params, "finetune", "--nproc", "2", "-S", custom,
                          "-S", "finetune.rollback_tolerance=0.01")  # fmt: skip
     assert "rolled back" in log
@@ -154,7 +159,7 @@ def test_ddp_rolls_a_bad_phase_back_on_every_rank_alike(trained, tmp_path):
 
 
 def test_batch_size_must_split_evenly_between_processes(finetune_data, tmp_path):
-    opts = Finetune(strategy="full", batch_size=33, device="cpu")
+    opts = FinetuneParams(strategy="full", batch_size=33, device="cpu")
     with pytest.raises(ConfigError, match="multiple of 2"):
         fine_tune(tiny_model(), *finetune_data, opts, 0, checkpoint_dir=tmp_path,
                   world=World(rank=0, size=2))  # fmt: skip

@@ -20,7 +20,8 @@ from thawline.evaluation import EvaluationError
 from thawline.evaluation.predictions import load_predictions
 from thawline.features.cache import CacheError, load_features
 from thawline.files import sha256_file
-from thawline.models.head import Head, load_head, save_head
+from thawline.models.head import Head
+from thawline.models.storage import load_head, save_head
 from thawline.reporting.html import write_report
 from thawline.stages import evaluate, extract
 
@@ -94,7 +95,7 @@ def two_classes(prepared_small, tmp_path_factory) -> Path:
         data.keys = [data.keys[i] for i in rows]
         data.hashes = [data.hashes[i] for i in rows]
         data.labels = torch.tensor([keep[data.labels[i].item()] for i in rows])
-        data.images = data.images[rows]
+        data.tensors = {n: t[rows] for n, t in data.tensors.items()}  # named tensors per item
         splits[name] = data
     classes = [manifest["classes"][0], manifest["classes"][6]]
     write_store(shared / "prepared", splits, {"image_size": 28, "classes": classes})

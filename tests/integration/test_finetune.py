@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import small_config
 from thawline.data.store import load_split
 from thawline.files import read_json
-from thawline.models.classifier import load_classifier
+from thawline.models.storage import load_classifier
 from thawline.stages import extract, finetune, train_head
 from thawline.training.validate import metrics_from_sums, validation_sums
 

@@ -23,10 +23,10 @@ import yaml
 import zc.lockfile
 from PIL import Image
 
-from pipelines.training import STAGES
 from tests.conftest import REPO, write_folder
 from tests.servers import VENV_BIN, background_server, free_port, server_env
 from thawline.config import load_config
+from thawline.stage_table import NAMES as STAGES
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost",
@@ -87,7 +87,7 @@ def project(tmp_path_factory, fashion_mnist_arrays) -> Path:
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"] = {"source": "imagefolder", "root": str(base / "photos")}
+    params["data"] |= {"source": "imagefolder", "root": str(base / "photos")}
     params["prepare"] |= {"test_fraction": 0.2}
     params["extract"] |= {"image_size": 32, "nproc": 2}  # the extract task runs under torchrun
     params["head"] |= {"epochs": 5}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import small_config
-from thawline.data.sources import SourceError
 from thawline.data.store import load_split, read_manifest
+from thawline.errors import SourceError
 from thawline.stages import prepare
 
 

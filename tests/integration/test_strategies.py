@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import small_config
 from thawline.evaluation import EvaluationError
 from thawline.files import read_json, sha256_file
-from thawline.models.classifier import WEIGHTS, load_classifier
+from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
+from thawline.models.storage import load_classifier
 from thawline.reporting.html import write_report
 from thawline.reporting.results import read_results, strategy_folders
 from thawline.stages import evaluate, extract, finetune, prepare, register, scratch, train_head
@@ -105,7 +106,7 @@ def test_auto_without_a_validation_split_keeps_the_head_and_trains_nothing(train
     """Never worse needs validation images: without them auto does not thaw."""
     prepared = tmp_path / "prepared"
     cfg = config(tmp_path, prepared, prepare={"limit_per_class": 20, "val_fraction": 0.0},
-                 finetune={"strategy": "auto"})  # fmt: skip
+                 finetune={"strategy": "auto"}, scratch={"enabled": False})  # fmt: skip
     prepare.run(cfg, progress=False)
     extract.run(cfg, progress=False)
     train_head.run(cfg, progress=False)
@@ -114,5 +115,5 @@ def test_auto_without_a_validation_split_keeps_the_head_and_trains_nothing(train
     assert record["strategy"] == "head_only" and not record["trained"]
     assert "no validation split" in record["reason"] and result.info["strategy"] == "head_only"
     assert not (cfg.paths.finetune / "model").exists()
-    disabled = scratch.run(cfg, progress=False)  # scratch.enabled defaults to false
+    disabled = scratch.run(cfg, progress=False)
     assert not disabled.info["trained"] and "scratch.enabled" in disabled.info["reason"]

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import small_config
 from tests.servers import VENV_BIN, background_server, free_port, server_env
-from thawline.stages import StageResult
+from thawline.stage_table import StageResult
 from thawline.tracking import pipeline_run, stage_run
 from thawline.tracking.runs import PARENT_ENV
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.conftest import small_config
-from thawline.config import Head as HeadConfig
+from thawline.config import HeadParams
 from thawline.features.cache import load_features
-from thawline.models.head import load_head
+from thawline.models.storage import load_head
 from thawline.stages import extract, train_head
 from thawline.training.fit_head import NonFiniteLossError, _class_weights, fit_head
 
@@ -86,7 +86,7 @@ def test_nan_loss_stops_training_and_writes_nothing(tmp_path):
     x[3, 2] = float("nan")
     y = torch.randint(0, 3, (64,))
     with pytest.raises(NonFiniteLossError, match="lower head.lr"):
-        fit_head((x, y), None, 3, HeadConfig(epochs=3, batch_size=16), seed=0)
+        fit_head((x, y), None, 3, HeadParams(epochs=3, batch_size=16), seed=0)
 
 
 def test_balanced_class_weights_are_inverse_frequency():

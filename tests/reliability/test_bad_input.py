@@ -14,8 +14,8 @@ from PIL import Image
 
 from tests.conftest import small_config, write_folder
 from thawline.data.images import BadImageError, decode_image, square_uint8
-from thawline.data.sources import SourceError
 from thawline.data.store import load_split, read_manifest
+from thawline.errors import SourceError
 from thawline.stages import prepare
 
 

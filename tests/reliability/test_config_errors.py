@@ -32,7 +32,7 @@ from thawline.config import ConfigError, config_from_dict
             "'packaged' weights exist only for timm:tf_efficientnet_lite0",
         ),
         ({"backbone": {"weights": "missing.pth"}}, "neither imagenet, packaged, none nor an"),
-        ({"data": {"source": "imagefolder"}}, "data.root: required when data.source"),
+        ({"data": {"source": "imagefolder", "root": None}}, "data.root: required when data.source"),
         ({"data": {"source": "imagefolder", "root": "/no/such/dir"}}, "'/no/such/dir' does not"),
         ({"data": {"source": "torchvision", "name": "NotADataset"}}, "data.name: 'NotADataset'"),
         ({"data": {"source": "csv"}}, "data.source: Input should be 'fashion-mnist'"),

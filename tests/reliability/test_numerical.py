@@ -15,14 +15,13 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import small_config
 from tests.finetune_support import OPTS, series, tiny_model
 from thawline.cli import main
-from thawline.config import Finetune, dump_config
-from thawline.config import Head as HeadConfig
+from thawline.config import FinetuneParams, HeadParams, dump_config
 from thawline.features.cache import load_features, read_cache_manifest
-from thawline.models.head import load_head
+from thawline.models.storage import load_head
 from thawline.stages import extract, train_head
 from thawline.training.checkpoint import checkpoint_dirs
-from thawline.training.finetune import fine_tune
 from thawline.training.fit_head import NonFiniteLossError, fit_head
+from thawline.training.thaw_loop import fine_tune
 
 FINETUNE = {"strategy": "full", "epochs_per_phase": 1, "batch_size": 32, "image_size": 32,
             "precision": "fp32", "device": "cpu"}  # fmt: skip
@@ -50,7 +49,7 @@ def test_nan_stops_within_a_step_and_saves_no_non_finite_checkpoint(finetune_dat
 
     model = tiny_model()
     with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 2, step 0"):
-        fine_tune(model, *finetune_data, Finetune(**OPTS), 7, checkpoint_dir=tmp_path,
+        fine_tune(model, *finetune_data, FinetuneParams(**OPTS), 7, checkpoint_dir=tmp_path,
                   on_epoch_end=poison)  # fmt: skip
     assert [p.name for p in checkpoint_dirs(series(tmp_path))] == ["epoch-0001"]
     saved = load_file(str(series(tmp_path) / "epoch-0001" / "model.safetensors"))
@@ -60,7 +59,7 @@ def test_nan_stops_within_a_step_and_saves_no_non_finite_checkpoint(finetune_dat
 def test_an_absurd_lr_stops_within_a_step_and_saves_nothing(finetune_data, tmp_path):
     """lr = 1e6 keeps the loss finite (about 3e9 after one step) while the weights run off to
     inf: the divergence check stops it at step 1, before any checkpoint."""
-    opts = Finetune(**OPTS)
+    opts = FinetuneParams(**OPTS)
     absurd = [phase.model_copy(update={"lr": 1e6}) for phase in opts.phases]
     opts = opts.model_copy(update={"phases": absurd})  # past the config's cap, as a bug might
     with pytest.raises(NonFiniteLossError, match=r"loss diverged to .* at epoch 1, step 1 "):
@@ -71,7 +70,7 @@ def test_an_absurd_lr_stops_within_a_step_and_saves_nothing(finetune_data, tmp_p
 def test_an_absurd_head_lr_stops_within_a_step(headed):
     cfg, _ = headed
     train = load_features(cfg.paths.features, "train")
-    opts = HeadConfig().model_copy(update={"lr": 1e6, "epochs": 3})
+    opts = HeadParams().model_copy(update={"lr": 1e6, "epochs": 3})
     with pytest.raises(NonFiniteLossError, match=r"train_head: loss .* at step [0-3];"):
         fit_head((train[0].float(), train[1]), None, 10, opts, seed=0)
 

@@ -1,13 +1,23 @@
-"""Config errors: one line naming the key and what is allowed; nothing written."""
+"""The config: errors are one line naming the key and what is allowed, nothing written;
+params.yaml and the code state the same defaults; the keys a stage reads are recorded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from thawline import cli
-from thawline.config import ConfigError, load_config
+from thawline.config import (
+    Config,
+    ConfigError,
+    ExtractParams,
+    config_from_dict,
+    dump_config,
+    load_config,
+    record_reads,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,3 +59,42 @@ def test_cli_help_lists_stages(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "prepare" in text and "extract" in text and "-S KEY=VALUE" in text
+
+
+def _keys(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out |= _keys(value, f"{prefix}{key}.")
+        else:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+def test_params_yaml_states_every_default_and_the_code_agrees():
+    """params.yaml is what users run and what the tests start from (tests/conftest.py); the
+    typed sections' defaults are for code that builds one by hand. Neither may drift."""
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())
+    code = dump_config(Config())
+    assert _keys(shipped) == _keys(code), "params.yaml and thawline.config differ in their keys"
+    assert dump_config(config_from_dict(shipped)) == code
+    drift = {k for k in _keys(code) if _value(shipped, k) != _value(code, k)}
+    assert not drift, f"defaults differ between params.yaml and thawline.config: {drift}"
+
+
+def _value(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_reads_of_params_are_recorded_with_their_keys():
+    cfg = load_config(REPO / "params.yaml")
+    with record_reads() as reads:
+        _ = cfg.finetune.batch_size, cfg.seed, cfg.head.sweep.lr
+        _ = cfg.finetune.model_copy(update={"strategy": "full"}).base_lr
+        cfg.extract.model_dump()
+        dump_config(cfg)  # provenance for logs is not a read
+    assert reads == {"finetune.batch_size", "seed", "head.sweep.lr", "finetune.base_lr"} | {
+        f"extract.{key}" for key in ExtractParams.model_fields
+    }

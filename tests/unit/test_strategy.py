@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thawline.training.batches import CPU_BF16_MIN_SIZE, resolve_precision
+from thawline.devices import CPU_BF16_MIN_SIZE, resolve_precision
 from thawline.training.strategy import choose_strategy, probe_accuracy, should_escalate
 
 

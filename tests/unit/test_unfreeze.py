@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from thawline.config import ConfigError, Finetune, config_from_dict
+from thawline.config import ConfigError, FinetuneParams, config_from_dict
 from thawline.models.backbone import create_backbone
 from thawline.models.classifier import Classifier
 from thawline.models.head import Head
@@ -40,33 +40,33 @@ def model() -> Classifier:
 
 
 def test_presets_resolve_to_phases():
-    head_only = Finetune(strategy="head_only", base_lr=0.01)
+    head_only = FinetuneParams(strategy="head_only", base_lr=0.01)
     assert resolve_phases(head_only, 8, LARGE) == [Phase(0, 1, 0.01)]
-    full = Finetune(strategy="full", epochs_per_phase=3)
+    full = FinetuneParams(strategy="full", epochs_per_phase=3)
     assert resolve_phases(full, 8, LARGE) == [Phase(8, 3, 1e-3)]
-    gradual = Finetune(strategy="gradual", gradual_steps=3)
+    gradual = FinetuneParams(strategy="gradual", gradual_steps=3)
     assert [p.groups for p in resolve_phases(gradual, 8, LARGE)] == [0, 3, 6, 8]
-    every = resolve_phases(Finetune(strategy="gradual", gradual_steps=None), 4, LARGE)
+    every = resolve_phases(FinetuneParams(strategy="gradual", gradual_steps=None), 4, LARGE)
     assert [p.groups for p in every] == [0, 1, 2, 3, 4]
-    custom = Finetune(
+    custom = FinetuneParams(
         strategy="custom",
         phases=[{"groups": 0, "epochs": 2, "lr": 0.01}, {"groups": -1, "epochs": 1, "lr": 0.001}],
     )
     assert resolve_phases(custom, 5, LARGE) == [Phase(0, 2, 0.01), Phase(5, 1, 0.001)]
-    too_many = Finetune(strategy="custom", phases=[{"groups": 9, "epochs": 1, "lr": 0.1}])
+    too_many = FinetuneParams(strategy="custom", phases=[{"groups": 9, "epochs": 1, "lr": 0.1}])
     with pytest.raises(ValueError, match=r"phases\[0\].groups: 9, but the backbone has only 5"):
         resolve_phases(too_many, 5, LARGE)
 
 
 def test_auto_epochs_give_small_sets_enough_steps():
     """Each phase sees at least phase_images images: one epoch of a large set, more of a small."""
-    opts = Finetune(batch_size=64, phase_images=10_000)
+    opts = FinetuneParams(batch_size=64, phase_images=10_000)
     assert epochs_per_phase(opts, 54_000) == 1
     assert epochs_per_phase(opts, 10_000) == 2  # 156 full batches: 9,984 images an epoch
     assert epochs_per_phase(opts, 1_000) == 11  # 15 full batches of 64
     assert epochs_per_phase(opts, 200) == 53
     assert epochs_per_phase(opts, 10) == 1_000  # fewer images than a batch: one step an epoch
-    assert epochs_per_phase(Finetune(epochs_per_phase=3), 200) == 3
+    assert epochs_per_phase(FinetuneParams(epochs_per_phase=3), 200) == 3
 
 
 @pytest.mark.parametrize(
@@ -87,10 +87,10 @@ def test_bad_finetune_config_is_one_line(finetune, message):
 
 
 def test_group_lrs_decay_from_the_top_and_explicit_list():
-    opts = Finetune(lr_decay=0.5)
+    opts = FinetuneParams(lr_decay=0.5)
     lrs = group_lrs(opts, Phase(2, 1, 0.1), 4)
     assert lrs == pytest.approx([0.0, 0.0, 0.1 * 0.5**2, 0.1 * 0.5, 0.1])  # stem .. top, head
-    explicit = Finetune(group_lrs=[1e-5, 1e-4, 1e-3])
+    explicit = FinetuneParams(group_lrs=[1e-5, 1e-4, 1e-3])
     assert group_lrs(explicit, Phase(3, 1, 0.01), 3) == [1e-5, 1e-4, 1e-3, 0.01]
     assert group_lrs(explicit, Phase(1, 1, 0.01), 3) == [0.0, 0.0, 1e-3, 0.01]
     with pytest.raises(ValueError, match="group_lrs: 3 values, but the backbone has 4"):
@@ -98,7 +98,7 @@ def test_group_lrs_decay_from_the_top_and_explicit_list():
 
 
 def test_each_group_gets_its_lr_in_each_phase():
-    opts = Finetune(lr_decay=0.5, warmup_fraction=0.0)
+    opts = FinetuneParams(lr_decay=0.5, warmup_fraction=0.0)
     phases = [Phase(0, 2, 0.1), Phase(1, 1, 0.01), Phase(3, 1, 0.001)]
     lrs = [group_lrs(opts, p, 3) for p in phases]
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(4)]
@@ -118,7 +118,7 @@ def test_each_group_gets_its_lr_in_each_phase():
 
 def test_a_retry_runs_the_phase_again_at_a_lower_lr_and_a_stop_ends_the_timeline():
     phases = [Phase(0, 2, 0.1), Phase(1, 1, 0.01), Phase(3, 1, 0.001)]
-    lrs = [group_lrs(Finetune(lr_decay=0.5), p, 3) for p in phases]
+    lrs = [group_lrs(FinetuneParams(lr_decay=0.5), p, 3) for p in phases]
     timeline = Timeline(phases, lrs, steps=5, warmup_fraction=0.0)
     assert timeline.epochs == 4 and [timeline.run_of(e) for e in range(5)] == [0, 0, 1, 2, 2]
     assert [timeline.ends_run(done) for done in (1, 2, 3, 4)] == [False, True, True, True]
@@ -147,7 +147,8 @@ def test_frozen_groups_get_no_gradient_and_do_not_move(model):
     n = len(layer_names(model))
     phase = Phase(2, 1, 1e-2)
     optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.1))
-    for group, lr in zip(optimizer.param_groups, group_lrs(Finetune(), phase, n), strict=True):
+    lrs = group_lrs(FinetuneParams(), phase, n)
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         group["lr"] = lr
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()

@@ -17,14 +17,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from thawline.errors import BadImageError
+
 # Extensions listed by torchvision's ImageFolder, plus a few PIL reads as well.
 IMAGE_EXTENSIONS = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif",
 )  # fmt: skip
-
-
-class BadImageError(ValueError):
-    """An image that cannot be used; the message names the file and the reason."""
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:

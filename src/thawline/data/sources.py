@@ -1,64 +1,57 @@
-"""Data sources for ``prepare``: Fashion-MNIST (IDX files), an image folder, torchvision datasets.
+"""Data sources for ``prepare``, whatever their items are.
 
 A source lists its items (a key, a label and the split it came with, if any) and loads one item as
-``(sha256 of its content, RGB image)``. Everything after that (subsampling, splitting, duplicate
-checks, the uint8 store) is source-independent and lives in ``prepare``.
+``(sha256 of its content, the item)``: an RGB image today (``image_sources.py``), a document
+tomorrow. Everything after that (subsampling, splitting, duplicate checks, the prepared store of
+named tensors) is source-independent and lives in ``prepare``. The content hash is what the
+store, the feature cache's row reuse and the retrain flow's change check key on.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import inspect
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
-import numpy as np
-from PIL import Image
-
-from thawline.config import Data, Prepare
-from thawline.data.images import BadImageError, decode_image, is_image_file
+from thawline.config import DataParams, PrepareParams
+from thawline.data.image_sources import FashionMNIST, ImageFolder, TorchvisionDataset
+from thawline.data.items import Item
+from thawline.data.split import limit_per_class
 from thawline.files import sha256_json
-
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
-SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-
-
-class SourceError(RuntimeError):
-    """The data source cannot be read; the message says where and what to do."""
-
-
-@dataclass(frozen=True)
-class Item:
-    key: str  # a stable name: a path relative to the root, or 'file#index'
-    label: int
-    split: str | None  # the split the source assigns, if any
 
 
 class Source(Protocol):
     classes: list[str]
     items: list[Item]
     problems: list[str]  # items refused while listing (e.g. symlinks escaping the root)
-    in_memory: bool  # pixels already decoded in memory: worker processes would only add copies
+    in_memory: bool  # items already decoded in memory: worker processes would only add copies
 
-    def load(self, index: int) -> tuple[str, Image.Image | np.ndarray]: ...
+    def load(self, index: int) -> tuple[str, Any]: ...
 
     def digest(self, index: int) -> str:
         """The item's content sha256 (as ``load`` returns it), without decoding where possible."""
         ...
 
 
+def open_source(data: DataParams, prepare: PrepareParams) -> Source:
+    """Open the configured source (raising :class:`SourceError` with a fix when it cannot)."""
+    if data.source == "fashion-mnist":
+        return FashionMNIST(data)
+    if data.source == "imagefolder":
+        assert data.root is not None  # checked by the config
+        return ImageFolder(data.root, prepare)
+    return TorchvisionDataset(data)
+
+
+def chosen_items(source: Source, limit: int | None, seed: int) -> list[int]:
+    """The indices ``prepare`` takes: at most ``limit`` items per (source split, class)."""
+    items = source.items
+    return limit_per_class([it.label for it in items], [it.split for it in items], limit, seed)
+
+
 def source_fingerprint(
     source: Source, indices: list[int], known: dict[int, str] | None = None
 ) -> str:
     """A hash of the items' keys, labels, assigned splits and contents: any added, removed,
-    relabelled or rewritten image changes it, whatever its size and mtime.
+    relabelled or rewritten item changes it, whatever its size and mtime.
 
     ``known`` maps item indices to digests already computed (``prepare`` has them from
     loading), so those files are not read again.
@@ -70,255 +63,3 @@ def source_fingerprint(
             for i in indices
         ]
     )
-
-
-def open_source(data: Data, prepare: Prepare) -> Source:
-    """Open the configured source (raising :class:`SourceError` with a fix when it cannot)."""
-    if data.source == "fashion-mnist":
-        return FashionMNIST(data)
-    if data.source == "imagefolder":
-        assert data.root is not None  # checked by the config
-        return ImageFolder(data.root, prepare)
-    return TorchvisionDataset(data)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ---------------------------------------------------------------- Fashion-MNIST (IDX)
-
-
-class FashionMNIST:
-    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` or torchvision's download."""
-
-    in_memory = True
-    FILES: ClassVar[dict[str, tuple[str, str]]] = {
-        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-    }
-
-    def __init__(self, data: Data):
-        folder = self._locate(data)
-        self.classes = list(FASHION_MNIST_CLASSES)
-        self.problems: list[str] = []
-        self.items: list[Item] = []
-        arrays = []
-        for split, (images_file, labels_file) in self.FILES.items():
-            images = read_idx(folder / images_file)
-            labels = read_idx(folder / labels_file)
-            if len(images) != len(labels):
-                raise SourceError(f"{folder / labels_file}: {len(labels)} labels for "
-                                  f"{len(images)} images in {images_file}")  # fmt: skip
-            arrays.append(images)
-            self.items += [Item(f"{images_file}#{i}", int(y), split) for i, y in enumerate(labels)]
-        self._pixels = np.concatenate(arrays)
-
-    def load(self, index: int) -> tuple[str, np.ndarray]:
-        pixels = self._pixels[index]
-        return sha256_bytes(pixels.tobytes()), pixels
-
-    def digest(self, index: int) -> str:
-        return self.load(index)[0]
-
-    def _locate(self, data: Data) -> Path:
-        root = data.root or DEBIAN_FASHION_MNIST
-        candidates = [root, root / "FashionMNIST" / "raw"]  # the latter: torchvision's layout
-        for folder in candidates:
-            if all((folder / f).is_file() for pair in self.FILES.values() for f in pair):
-                return folder
-        if not data.download:
-            raise SourceError(
-                f"Fashion-MNIST not found in {candidates[0]}; install it with "
-                "'apt-get install dataset-fashion-mnist' or set data.download: true"
-            )
-        # Never write into the system folder the Debian package owns.
-        target = Path.home() / ".cache" / "thawline" if root == DEBIAN_FASHION_MNIST else root
-        return self._download(target)
-
-    def _download(self, root: Path) -> Path:
-        import torchvision.datasets
-
-        try:
-            torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
-            torchvision.datasets.FashionMNIST(str(root), train=False, download=True)
-        except Exception as err:  # torchvision raises RuntimeError/URLError when offline
-            raise SourceError(
-                f"Fashion-MNIST is not installed ({DEBIAN_FASHION_MNIST} is missing) and the "
-                f"download failed ({type(err).__name__}: {err}). Install it with "
-                "'apt-get install dataset-fashion-mnist', or point data.root at the IDX .gz files"
-            ) from None
-        return root / "FashionMNIST" / "raw"
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (gzipped or not) as a numpy array of its declared shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except OSError as err:
-        raise SourceError(f"{path}: cannot read IDX file ({err})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise SourceError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise SourceError(f"{path}: truncated IDX file ({body.size} of {np.prod(shape)} bytes)")
-    return body.reshape(shape)
-
-
-# ---------------------------------------------------------------- image folder
-
-
-class ImageFolder:
-    """Class subfolders (``root/<class>/*.jpg``), or ``root/{train,val,test}/<class>/*``.
-
-    Hidden entries (``.ipynb_checkpoints``, ``.DS_Store``), ``__MACOSX`` and folders without images
-    never become classes; symlinks that leave the root are refused before they are opened.
-    """
-
-    in_memory = False
-
-    def __init__(self, root: Path, prepare: Prepare):
-        self.root = root.resolve()
-        self.max_pixels = prepare.max_pixels
-        self.problems: list[str] = []
-        split_roots = {
-            SPLIT_NAMES[p.name.lower()]: p
-            for p in _visible_dirs(self.root)
-            if p.name.lower() in SPLIT_NAMES
-        }
-        if split_roots and "train" not in split_roots:
-            raise SourceError(f"{root}: has {sorted(split_roots)} folders but no train/ folder")
-        layout = split_roots or {None: self.root}
-        per_split = {split: self._scan(folder) for split, folder in layout.items()}
-        self.classes = sorted(per_split["train" if split_roots else None])
-        if not self.classes:
-            raise SourceError(f"{root}: no class folder with images found")
-        index = {name: i for i, name in enumerate(self.classes)}
-        self.items = []
-        for split, found in per_split.items():
-            unknown = sorted(set(found) - set(index))
-            if unknown:
-                raise SourceError(f"{layout[split]}: classes {unknown} are not in the train split")
-            for name in sorted(found):
-                self.items += [Item(key, index[name], split) for key in found[name]]
-
-    def _scan(self, folder: Path) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
-        for class_dir in _visible_dirs(folder):
-            files = sorted(self._walk(class_dir))
-            if files:
-                found[class_dir.name] = files
-        return found
-
-    def _walk(self, class_dir: Path):
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            for name in filenames:
-                path = Path(dirpath) / name
-                if not _visible(name) or not is_image_file(path):
-                    continue
-                if path.is_symlink() and not path.resolve().is_relative_to(self.root):
-                    self.problems.append(f"{path}: symlink leaves the data root {self.root}")
-                    continue
-                yield path.relative_to(self.root).as_posix()
-
-    def load(self, index: int) -> tuple[str, Image.Image]:
-        key = self.items[index].key
-        path = safe_join(self.root, key)
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise BadImageError(f"{path}: cannot read ({err.strerror})") from None
-        return sha256_bytes(data), decode_image(data, str(path), self.max_pixels)
-
-    def digest(self, index: int) -> str:
-        try:
-            return sha256_bytes(safe_join(self.root, self.items[index].key).read_bytes())
-        except (OSError, BadImageError) as err:  # unreadable now: a change worth noticing
-            return f"unreadable: {err}"
-
-
-def safe_join(root: Path, key: str) -> Path:
-    """``root / key``, refusing absolute keys, ``..`` and symlinks that leave ``root``."""
-    if Path(key).is_absolute() or ".." in Path(key).parts:
-        raise BadImageError(f"{key}: absolute paths and '..' are not allowed under {root}")
-    path = root / key
-    if not path.resolve().is_relative_to(root.resolve()):
-        raise BadImageError(f"{path}: resolves outside the data root {root}")
-    return path
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith((".", "__MACOSX"))
-
-
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if _visible(p.name) and p.is_dir() and not p.is_symlink()
-    )
-
-
-# ---------------------------------------------------------------- torchvision.datasets
-
-
-class TorchvisionDataset:
-    """Any classification dataset class in ``torchvision.datasets`` (downloaded when online)."""
-
-    in_memory = False  # items may be files decoded on access
-
-    def __init__(self, data: Data):
-        import torchvision.datasets
-
-        cls = getattr(torchvision.datasets, str(data.name))
-        root = str(data.root or Path.home() / ".cache" / "thawline" / "torchvision")
-        self.problems: list[str] = []
-        self._parts: list[Any] = []
-        self.items: list[Item] = []
-        for split, kwargs in _split_kwargs(cls):
-            try:
-                dataset = cls(root, download=data.download, **kwargs)
-            except Exception as err:
-                raise SourceError(
-                    f"torchvision.datasets.{data.name} ({split}) could not be loaded from {root} "
-                    f"({type(err).__name__}: {err}); it needs the network once, or its files "
-                    "in data.root"
-                ) from None
-            labels = _labels_of(dataset)
-            self.items += [
-                Item(f"{split}#{i}", int(y), split if len(_split_kwargs(cls)) > 1 else None)
-                for i, y in enumerate(labels)
-            ]
-            self._parts += [(dataset, i) for i in range(len(labels))]
-        first = self._parts[0][0]
-        count = max(item.label for item in self.items) + 1
-        self.classes = [str(c) for c in getattr(first, "classes", range(count))]
-
-    def load(self, index: int) -> tuple[str, np.ndarray]:
-        dataset, i = self._parts[index]
-        image = dataset[i][0]
-        pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-        return sha256_bytes(pixels.tobytes() + str(pixels.shape).encode()), pixels
-
-    def digest(self, index: int) -> str:
-        return self.load(index)[0]
-
-
-def _split_kwargs(cls: type) -> list[tuple[str, dict[str, Any]]]:
-    params = inspect.signature(cls.__init__).parameters
-    if "train" in params:
-        return [("train", {"train": True}), ("test", {"train": False})]
-    if "split" in params:
-        return [("train", {"split": "train"}), ("test", {"split": "test"})]
-    return [("all", {})]
-
-
-def _labels_of(dataset: Any) -> list[int]:
-    for attr in ("targets", "_labels", "labels", "_samples_labels"):
-        labels = getattr(dataset, attr, None)
-        if labels is not None and len(labels) == len(dataset):
-            return [int(y) for y in labels]
-    return [int(dataset[i][1]) for i in range(len(dataset))]

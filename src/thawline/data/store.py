@@ -1,13 +1,14 @@
-"""The prepared store: each split's images decoded once, as uint8 tensors, with a manifest.
+"""The prepared store: each split's items decoded once into named tensors, with a manifest.
 
 Layout of ``paths.prepared``::
 
     manifest.json        classes, per-split keys + content hashes, counts, duplicates, skipped files
-    train.safetensors    images uint8 [N, 3, S, S], labels int64 [N]
-    val.safetensors
+    train.safetensors    the items' named tensors + labels int64 [N]; for images:
+    val.safetensors      ``images`` uint8 [N, 3, S, S] (tomorrow, for text: token ids and masks)
     test.safetensors
 
-Later stages never decode an image file again; they read these tensors.
+Later stages never decode a source file again; they read these tensors. This module is the only
+one that knows the layout and the manifest's keys: everything else asks :class:`PreparedStore`.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from thawline.errors import StoreError
 from thawline.files import read_json, save_tensors, sha256_file, sha256_json, write_json
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
-
-
-class StoreError(RuntimeError):
-    """The prepared store is missing, incomplete or altered."""
 
 
 @dataclass
@@ -37,7 +35,12 @@ class SplitData:
     keys: list[str]
     hashes: list[str]
     labels: torch.Tensor  # int64 [N]
-    images: torch.Tensor  # uint8 [N, 3, S, S]
+    tensors: dict[str, torch.Tensor]  # the items, by name: {"images": uint8 [N, 3, S, S]}
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The ``images`` tensor of an image store."""
+        return self.tensors["images"]
 
 
 def split_fingerprint(keys: list[str], hashes: list[str], labels: list[int]) -> str:
@@ -53,7 +56,7 @@ def write_store(folder: Path, splits: dict[str, SplitData], info: dict[str, Any]
         fingerprint = split_fingerprint(split.keys, split.hashes, labels)
         digest = save_tensors(
             folder / f"{name}.safetensors",
-            {"images": split.images, "labels": split.labels},
+            {**split.tensors, "labels": split.labels},
             metadata={"split": name, "fingerprint": fingerprint},
         )
         manifest["splits"][name] = {
@@ -77,6 +80,62 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return read_json(path)
 
 
+class PreparedStore:
+    """A prepared store's manifest (read once) and its splits."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+
+    @staticmethod
+    def exists(folder: Path) -> bool:
+        return (Path(folder) / MANIFEST).is_file()
+
+    @property
+    def fingerprint(self) -> str:
+        """What the prepared data is: every split's keys, content hashes and labels, the size."""
+        return self.manifest["fingerprint"]
+
+    @property
+    def source_fingerprint(self) -> str | None:
+        """The source's items and contents it was made from (the retrain flow's change check)."""
+        return self.manifest.get("source_fingerprint")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits present, in ``SPLITS`` order."""
+        return [name for name in SPLITS if name in self.manifest["splits"]]
+
+    def count(self, split: str) -> int:
+        """Items in ``split`` (0 when there is no such split)."""
+        return int(self.manifest["splits"].get(split, {}).get("count", 0))
+
+    def split_fingerprint(self, split: str) -> str:
+        return self._entry(split)["fingerprint"]
+
+    def hashes(self, split: str) -> list[str]:
+        """The content sha256 of every item of ``split``, in row order."""
+        return list(self._entry(split)["sha256"])
+
+    def load(self, split: str, verify: bool = True) -> SplitData:
+        return load_split(self.folder, split, verify)
+
+    def _entry(self, split: str) -> dict[str, Any]:
+        if split not in self.manifest["splits"]:
+            raise StoreError(
+                f"{self.folder}: no split '{split}'; have {sorted(self.manifest['splits'])}"
+            )
+        return self.manifest["splits"][split]
+
+
 def load_split(folder: Path, name: str, verify: bool = True) -> SplitData:
     """Load one split's tensors, checking the file against the manifest's sha256."""
     manifest = read_manifest(folder)
@@ -95,11 +154,13 @@ def load_split(folder: Path, name: str, verify: bool = True) -> SplitData:
             )
     with safe_open(str(path), framework="pt") as f:
         labels = f.get_tensor("labels")
-    return SplitData(entry["keys"], entry["sha256"], labels, _mapped_images(path))
+        names = [name for name in f.keys() if name != "labels"]  # noqa: SIM118
+    tensors = {name: _mapped(path, name) for name in names}
+    return SplitData(entry["keys"], entry["sha256"], labels, tensors)
 
 
-def _mapped_images(path: Path) -> torch.Tensor:
-    """The ``images`` tensor of a split file, memory-mapped rather than read.
+def _mapped(path: Path, name: str) -> torch.Tensor:
+    """Tensor ``name`` of a split file, memory-mapped rather than read (uint8 ones).
 
     Pages are read when rows are used and live in the page cache, which every process on a
     machine shares: the torchrun ranks of extract (each reading only its shards' rows) and of
@@ -109,11 +170,11 @@ def _mapped_images(path: Path) -> torch.Tensor:
     """
     with open(path, "rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        entry = json.loads(f.read(length))["images"]
+        entry = json.loads(f.read(length))[name]
     shape = tuple(entry["shape"])
-    if entry["dtype"] != "U8" or 0 in shape:  # not a store written by prepare, or empty
+    if entry["dtype"] != "U8" or 0 in shape:  # not uint8 pixels, or empty: read it
         with safe_open(str(path), framework="pt") as f:
-            return f.get_tensor("images")
+            return f.get_tensor(name)
     start = 8 + length + entry["data_offsets"][0]
     array = np.memmap(path, dtype=np.uint8, mode="c", offset=start, shape=shape)
     return torch.from_numpy(array)

@@ -1,5 +1,5 @@
 """Evaluation: metrics, plots and the statistics of the champion gate. Pure functions, no stages."""
 
+from thawline.errors import EvaluationError
 
-class EvaluationError(RuntimeError):
-    """Nothing to evaluate or report (a missing or mismatched model); the message names the file."""
+__all__ = ["EvaluationError"]

@@ -80,8 +80,7 @@ def champion_gate(
         raise ValueError(
             f"same split, but {len(ours)} challenger and {len(theirs)} champion predictions"
         )
-    b = int((ours & ~theirs).sum())
-    c = int((~ours & theirs).sum())
+    b, c = int((ours & ~theirs).sum()), int((~ours & theirs).sum())  # the discordant pairs
     p_value = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
     champion = float(theirs.mean())
     difference = accuracy - champion

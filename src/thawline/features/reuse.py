@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from thawline.features.cache import CacheError, read_cache_manifest, shard_path, verify_shard
+from thawline.features.cache import CacheError, FeatureCache, verify_shard
 from thawline.files import sha256_json
 
 log = logging.getLogger(__name__)
@@ -57,26 +57,25 @@ class FeatureBank:
         (damaged, or already overwritten by a killed run) are left out: they are recomputed.
         """
         try:
-            manifest = read_cache_manifest(folder)
+            cache = FeatureCache(folder)
+            if cache.model_fingerprint != fingerprint:
+                return cls()
+            shards = cache.shards()
         except CacheError:
             return cls()
-        if manifest.get("model_fingerprint") != fingerprint:
-            return cls()
         rows: dict[str, torch.Tensor] = {}
-        for split in manifest["splits"].values():
-            for shard in split["shards"]:
-                try:
-                    path = shard_path(folder, shard["file"])
-                    verify_shard(path, shard["sha256"])
-                except CacheError as err:
-                    log.info("not reusing %s: %s", shard.get("file"), err)
+        for path, expected in shards:
+            try:
+                verify_shard(path, expected)
+            except CacheError as err:
+                log.info("not reusing %s: %s", path.name, err)
+                continue
+            with safe_open(str(path), framework="pt") as f:
+                if "hashes" not in f.keys():  # noqa: SIM118 - safe_open has no __contains__
                     continue
-                with safe_open(str(path), framework="pt") as f:
-                    if "hashes" not in f.keys():  # noqa: SIM118 - safe_open has no __contains__
-                        continue
-                    hashes, features = f.get_tensor("hashes"), f.get_tensor("features")
-                for digest, row in zip(hashes.numpy(), features, strict=True):
-                    key = digest.tobytes().hex()
-                    if wanted is None or key in wanted:
-                        rows[key] = row
+                hashes, features = f.get_tensor("hashes"), f.get_tensor("features")
+            for digest, row in zip(hashes.numpy(), features, strict=True):
+                key = digest.tobytes().hex()
+                if wanted is None or key in wanted:
+                    rows[key] = row
         return cls(rows)

@@ -1,32 +1,17 @@
 """The complete model: backbone + head, from uint8 images to logits, saved as safetensors.
 
-A saved model is a folder::
-
-    model.safetensors   every parameter and buffer (no pickle)
-    model.json          how to rebuild it: backbone name, hooked layers, preprocessing,
-                        head spec, class names and the stored image size
-
-Loading rebuilds the architecture from ``model.json`` with random init (no download), then loads
-the tensors, so loading never unpickles anything.
+Saved and loaded (safetensors + JSON, no pickle) by :mod:`thawline.models.storage`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from thawline.config import Backbone as BackboneConfig
-from thawline.files import atomic_path, write_json
+from thawline.config import BackboneParams
 from thawline.models.backbone import create_backbone
 from thawline.models.head import Head
 from thawline.models.preprocess import PooledFeatures, Preprocess
-
-WEIGHTS, SPEC = "model.safetensors", "model.json"
 
 
 class Classifier(nn.Module):
@@ -64,7 +49,7 @@ def build_classifier(
     image_size: int,
 ) -> Classifier:
     """Assemble a classifier from a backbone (with its weights) and a trained head."""
-    backbone = create_backbone(BackboneConfig(name=backbone_name, weights=weights))
+    backbone = create_backbone(BackboneParams(name=backbone_name, weights=weights))
     spec = {
         "backbone": backbone_name,
         "layers": list(layers),
@@ -74,29 +59,3 @@ def build_classifier(
         "image_size": image_size,
     }
     return Classifier(PooledFeatures(backbone, list(layers)), head, preprocess, spec)
-
-
-def save_classifier(model: Classifier, folder: Path) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``folder`` (atomically, each)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "thawline-classifier"})
-    write_json(folder / SPEC, model.spec)
-    return folder
-
-
-def load_classifier(folder: Path) -> Classifier:
-    """Rebuild a saved classifier (random init, no download) and load its tensors."""
-    spec: dict[str, Any] = json.loads((Path(folder) / SPEC).read_text())
-    preprocess = Preprocess(**{k: _tuple(v) for k, v in spec["preprocess"].items()})
-    model = build_classifier(
-        spec["backbone"], "none", spec["layers"], preprocess, Head.from_spec(spec["head"]),
-        spec["classes"], spec["image_size"],
-    )  # fmt: skip
-    model.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
-    return model.eval()
-
-
-def _tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value

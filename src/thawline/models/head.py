@@ -1,4 +1,5 @@
-"""The classifier head trained on cached features: standardise, then linear or MLP.
+"""The classifier head trained on cached features: standardise, then linear or MLP (saved and
+loaded by :mod:`thawline.models.storage`).
 
 The feature mean and std are buffers of the head, so the head is the whole mapping from the
 backbone's (pooled, concatenated) features to logits, wherever it is used.
@@ -6,16 +7,10 @@ backbone's (pooled, concatenated) features to logits, wherever it is used.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-
-from thawline.files import atomic_path, read_json, write_json
-
-WEIGHTS, SPEC = "head.safetensors", "head.json"
 
 
 class Head(nn.Module):
@@ -70,21 +65,3 @@ class Head(nn.Module):
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Head:
         return cls(**spec)
-
-
-def save_head(head: Head, folder: Path, meta: dict[str, Any]) -> Path:
-    """Write ``head.safetensors`` and ``head.json`` (the spec plus ``meta``: history, params...)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "thawline-head"})
-    write_json(folder / SPEC, {"spec": head.spec(), **meta})
-    return folder
-
-
-def load_head(folder: Path) -> tuple[Head, dict[str, Any]]:
-    """Load a saved head and its metadata (``spec``, ``history``, ...)."""
-    meta = read_json(Path(folder) / SPEC)
-    head = Head.from_spec(meta["spec"])
-    head.load_state_dict(load_file(str(Path(folder) / WEIGHTS)))
-    return head.eval(), meta

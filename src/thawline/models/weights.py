@@ -14,9 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-
-class WeightsError(RuntimeError):
-    """Weights that cannot be found, fetched or matched to the model; the message says why."""
+from thawline.errors import WeightsError
 
 
 def packaged_lite0_path() -> Path:

@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from thawline.config import Config
-from thawline.evaluation import EvaluationError
-from thawline.files import atomic_path, read_json
-from thawline.reporting.results import METRICS, SUMMARY, read_results, same_split, strategy_folders
+from thawline.errors import EvaluationError
+from thawline.evaluation import artifacts
+from thawline.files import atomic_path
+from thawline.reporting.results import Strategy, read_results, same_split, strategy_folders
 
-PLOTS = (
-    ("confusion_matrix.png", "Confusion matrix"),
-    ("reliability.png", "Calibration (reliability diagram)"),
-    ("curves.png", "Training curves"),
-    ("roc.png", "ROC curve"),
-    ("gallery.png", "Top losses"),
-)
+TITLES = {
+    "confusion_matrix": "Confusion matrix",
+    "reliability": "Calibration (reliability diagram)",
+    "curves": "Training curves",
+    "roc": "ROC curve",
+    "gallery": "Top losses",
+}
 HEADLINE = ("accuracy", "macro_f1", "ece", "loss", "roc_auc", "sensitivity", "specificity")
 LABELS = {
     "accuracy": "accuracy",
@@ -49,12 +50,12 @@ figure{margin:1rem 0}img{max-width:100%;border:1px solid #eee}.warn{color:#a15c0
 """
 
 
-def write_report(cfg: Config, strategies: list[tuple[str, Path]] | None = None) -> Path:
+def write_report(cfg: Config, strategies: list[Strategy] | None = None) -> Path:
     """Write the HTML report of the latest run to ``cfg.paths.report``.
 
     Args:
         cfg: The config; the headline and plots come from ``paths.evaluation``.
-        strategies: ``(name, evaluation folder)`` pairs for the comparison table; default
+        strategies: ``(name, evaluation folder, times)`` for the comparison table; default
             :func:`~thawline.reporting.results.strategy_folders`.
 
     Returns:
@@ -64,9 +65,9 @@ def write_report(cfg: Config, strategies: list[tuple[str, Path]] | None = None) 
         EvaluationError: ``paths.evaluation`` holds no evaluation.
     """
     folder = cfg.paths.evaluation
-    if not (folder / METRICS).is_file():
+    if not artifacts.has_evaluation(folder):
         raise EvaluationError(
-            f"{folder / METRICS}: no evaluation here; run 'thawline stage evaluate' first"
+            f"{folder / artifacts.METRICS}: no evaluation here; run 'thawline stage evaluate' first"
         )
     rows = read_results(strategies if strategies is not None else strategy_folders(cfg))
     page = render_report(folder, rows)
@@ -77,15 +78,16 @@ def write_report(cfg: Config, strategies: list[tuple[str, Path]] | None = None) 
 
 def render_report(folder: Path, rows: list[dict[str, Any]]) -> str:
     """The report page for the evaluation in ``folder`` and the strategy ``rows``."""
-    metrics = read_json(folder / METRICS)
-    summary = _read_optional(folder / SUMMARY, {})
+    metrics = artifacts.read_metrics(folder)
+    summary = artifacts.read_summary(folder)
+    figures = (_figure(artifacts.figure_path(folder, n), TITLES[n]) for n in artifacts.FIGURES)
     parts = [
         _header(summary),
         _section("Headline metrics", _cards(metrics)),
         _section("Strategies", _strategies_table(rows)),
-        _section("Plots", "".join(_figure(folder / name, title) for name, title in PLOTS)),
-        _section("Most confused", _most_confused(_read_optional(folder / "most_confused.json"))),
-        _section("Per class", _per_class(_read_optional(folder / "per_class.json"))),
+        _section("Plots", "".join(figures)),
+        _section("Most confused", _most_confused(artifacts.read_table(folder, "most_confused"))),
+        _section("Per class", _per_class(artifacts.read_table(folder, "per_class"))),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -183,10 +185,6 @@ def _table(header: Sequence[str], rows: Iterable[tuple[Sequence[str], bool]]) ->
 
 def _section(title: str, content: str) -> str:
     return f"<section><h2>{_e(title)}</h2>{content}</section>"
-
-
-def _read_optional(path: Path, default: Any = None) -> Any:
-    return read_json(path) if path.is_file() else default
 
 
 def _num(value: Any, digits: int = 4) -> str:

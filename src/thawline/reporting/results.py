@@ -1,8 +1,9 @@
-"""The strategies that ran and their results, one row each, for the report's comparison table.
+"""The models that ran and their results, one row each, for the report's comparison table.
 
-``evaluate`` scores every trained model into ``compare/<model>/`` (``metrics.json`` and
-``summary.json``). The registry is the list of ``(name, folder)`` pairs below: a strategy whose
-folder holds no ``metrics.json`` did not run and gets no row.
+``evaluate`` scores every trained model (``thawline.evaluation.artifacts``: ``compare/<model>/``);
+the models and the stages that train them come from the stage table; their wall times from the
+run statistics (``thawline.run_stats``), which are not DVC outputs. A model that was not
+evaluated gets no row.
 """
 
 from __future__ import annotations
@@ -11,33 +12,57 @@ from pathlib import Path
 from typing import Any
 
 from thawline.config import Config
-from thawline.files import read_json
+from thawline.evaluation import artifacts
+from thawline.models.storage import head_files, read_head_meta
+from thawline.run_stats import read_stats
+from thawline.stage_table import MODELS, trained_by
 
-MODELS = ("head_only", "finetuned", "scratch")  # table order: probe, fine-tune, baseline
-METRICS, SUMMARY = "metrics.json", "summary.json"
 COLUMNS = ("accuracy", "macro_f1", "ece", "loss", "roc_auc", "sensitivity", "specificity")
+# (model, scored folder) or (model, scored folder, wall times): a caller comparing folders of
+# its own may have no times to give.
+Strategy = tuple[str, Path] | tuple[str, Path, dict[str, float | None]]
 
 
-def strategy_folders(cfg: Config) -> list[tuple[str, Path]]:
-    """Every model's comparison folder under ``paths.evaluation``, in table order."""
-    return [(name, cfg.paths.evaluation / "compare" / name) for name in MODELS]
+def strategy_folders(cfg: Config) -> list[Strategy]:
+    """Every model's ``(name, comparison folder, times)``, in table order (probe first).
+
+    ``times``: ``wall_time_s``, the model's own stage; ``total_time_s``, with the stages it
+    builds on (extraction for the probe, and the probe for the fine-tune): transfer learning's
+    real cost.
+    """
+    seconds = {s: read_stats(cfg.paths.stats, s).get("seconds") for s in ("extract", "train_head")}
+    rows = []
+    for name in MODELS:
+        stage = trained_by(name)
+        wall = read_stats(cfg.paths.stats, stage.name).get("seconds")
+        if wall is None and name == MODELS[0] and head_files(cfg.paths.head).spec.is_file():
+            wall = read_head_meta(cfg.paths.head).get("seconds")  # heads saved by older versions
+        upstream = [seconds[s] for s in stage.builds_on]
+        total = None if wall is None or None in upstream else wall + sum(upstream)
+        rows.append(
+            (
+                name,
+                artifacts.comparison_folder(cfg.paths.evaluation, name),
+                {"wall_time_s": wall, "total_time_s": total},
+            )
+        )
+    return rows
 
 
-def read_results(strategies: list[tuple[str, Path]]) -> list[dict[str, Any]]:
-    """One row per strategy that ran.
+def read_results(strategies: list[Strategy]) -> list[dict[str, Any]]:
+    """One row per model that was evaluated.
 
     Returns:
         Rows ``{strategy, model, how, chosen, accuracy, macro_f1, ..., val_accuracy,
         wall_time_s, total_time_s, split, split_fingerprint, num_examples, folder}``; metrics a
-        strategy lacks are None.
+        model lacks are None.
     """
     rows = []
-    for name, folder in strategies:
-        folder = Path(folder)
-        if not (folder / METRICS).is_file():
+    for name, folder, *times in strategies:
+        found = artifacts.read_scored(folder)
+        if found is None:
             continue
-        metrics = read_json(folder / METRICS)
-        summary = read_json(folder / SUMMARY) if (folder / SUMMARY).is_file() else {}
+        metrics, summary = found
         rows.append(
             {
                 "strategy": name,
@@ -46,8 +71,9 @@ def read_results(strategies: list[tuple[str, Path]]) -> list[dict[str, Any]]:
                 "how": (summary.get("details") or {}).get("strategy", name),
                 "chosen": bool(summary.get("chosen")),
                 "val_accuracy": summary.get("val_accuracy"),
-                "wall_time_s": summary.get("wall_time_s"),
-                "total_time_s": summary.get("total_time_s"),
+                "wall_time_s": None,
+                "total_time_s": None,
+                **(times[0] if times else {}),
                 "split": summary.get("split"),
                 "split_fingerprint": summary.get("split_fingerprint"),
                 "num_examples": summary.get("num_examples"),

@@ -9,25 +9,19 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from thawline.config import Config, Prepare
+from thawline.config import Config, PrepareParams
 from thawline.data.images import BadImageError, square_uint8
-from thawline.data.sources import Source, open_source, source_fingerprint
-from thawline.data.split import (
-    assign_splits,
-    cross_split_duplicates,
-    indices_to_drop,
-    limit_per_class,
-)
-from thawline.data.store import SPLITS, SplitData, StoreError, read_manifest, write_store
+from thawline.data.sources import Source, chosen_items, open_source, source_fingerprint
+from thawline.data.split import assign_splits, cross_split_duplicates, indices_to_drop
+from thawline.data.store import SPLITS, SplitData, write_store
 from thawline.files import remove_stale_temps
-from thawline.stages import StageResult
+from thawline.stage_table import StageResult
 
 log = logging.getLogger(__name__)
 FALLBACK_SIZE = 256  # for folders of mixed sizes: enough for 224 px crops
@@ -44,7 +38,7 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     cfg.paths.prepared.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(cfg.paths.prepared)
     items = source.items
-    chosen = _chosen(cfg, source)
+    chosen = chosen_items(source, cfg.prepare.limit_per_class, cfg.seed)
     size = cfg.prepare.image_size or _native_size(source, chosen)
     images, hashes, loaded, skipped = _load_all(source, chosen, size, cfg.prepare, progress)
     labels = [items[i].label for i in loaded]
@@ -71,37 +65,6 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     )
 
 
-@dataclass(frozen=True)
-class SourceCheck:
-    changed: bool
-    reason: str
-
-
-def check_source(cfg: Config) -> SourceCheck:
-    """Whether the data source differs from what ``paths.prepared`` was made from.
-
-    Hashes every chosen item's content (not size or mtime, which DVC's state keys on), so an
-    image rewritten in place counts. Reads every file once; decodes nothing.
-    """
-    try:
-        recorded = read_manifest(cfg.paths.prepared).get("source_fingerprint")
-    except StoreError:
-        return SourceCheck(True, f"no prepared data in {cfg.paths.prepared} yet")
-    source = open_source(cfg.data, cfg.prepare)
-    chosen = _chosen(cfg, source)
-    if source_fingerprint(source, chosen) == recorded:
-        return SourceCheck(False, f"the {len(chosen)} source images are unchanged")
-    return SourceCheck(True, f"the source changed ({len(chosen)} images now)")
-
-
-def _chosen(cfg: Config, source: Source) -> list[int]:
-    items = source.items
-    return limit_per_class(
-        [it.label for it in items], [it.split for it in items], cfg.prepare.limit_per_class,
-        cfg.seed,
-    )  # fmt: skip
-
-
 class _Loading(Dataset):
     """Loads items in DataLoader workers; bad images come back as messages, not exceptions."""
 
@@ -119,7 +82,7 @@ class _Loading(Dataset):
             return pos, None, None, str(err)
 
 
-def _load_all(source: Source, chosen: list[int], size: int, opts: Prepare, progress: bool):
+def _load_all(source: Source, chosen: list[int], size: int, opts: PrepareParams, progress: bool):
     workers = opts.num_workers
     if workers is None:  # in-memory sources gain nothing from worker processes
         workers = 0 if source.in_memory else min(4, os.cpu_count() or 1)
@@ -172,7 +135,7 @@ def _group(loaded, splits, dropped, items, hashes, images) -> dict[str, SplitDat
             keys=[items[loaded[p]].key for p in rows],
             hashes=[hashes[p] for p in rows],
             labels=torch.tensor([items[loaded[p]].label for p in rows], dtype=torch.int64),
-            images=images.index_select(0, index),
+            tensors={"images": images.index_select(0, index)},
         )
     if "train" not in out or "test" not in out:
         raise BadImageError(f"prepare: need train and test images, got splits {sorted(out)}")

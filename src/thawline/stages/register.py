@@ -20,16 +20,15 @@ import torch
 from PIL import Image
 
 from thawline.config import Config
-from thawline.data.store import load_split, read_manifest
-from thawline.evaluation import EvaluationError
+from thawline.data.store import PreparedStore
+from thawline.evaluation import EvaluationError, artifacts
 from thawline.evaluation.gate import Decision, champion_gate
-from thawline.evaluation.predictions import PREDICTIONS, SavedPredictions, load_predictions
-from thawline.files import sha256_file, write_json
-from thawline.models.classifier import Classifier, save_classifier
-from thawline.models.head import WEIGHTS as HEAD_WEIGHTS
-from thawline.stages import StageResult
-from thawline.stages.assemble import build_model
-from thawline.stages.trained_model import load_trained, read_record
+from thawline.evaluation.predictions import SavedPredictions, load_predictions
+from thawline.features.assemble import build_model
+from thawline.files import sha256_file
+from thawline.models.classifier import Classifier
+from thawline.models.storage import head_files, save_classifier
+from thawline.stage_table import MODELS, StageResult, trained_by
 from thawline.tracking import stage_run
 from thawline.tracking.registry import (
     Registered,
@@ -42,8 +41,10 @@ from thawline.tracking.registry import (
 )
 from thawline.tracking.runs import Tracker
 from thawline.tracking.store import Store
+from thawline.training.trained_model import load_trained, read_record
 
 log = logging.getLogger(__name__)
+HEAD_ONLY = MODELS[0]
 EXAMPLES = 2  # test images in the model's input example
 
 
@@ -67,7 +68,7 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     else:
         reason = f"tracking.enabled is false: the model is saved in {model_dir}, not registered"
         record = {"registered": False, "reason": reason}
-    write_json(cfg.paths.registration, record)
+    artifacts.write_registration(cfg.paths.registration, record)
     decision = record.get("decision") or {}
     log.info("register: %s", decision.get("reason", record.get("reason")))
     metrics = {
@@ -86,11 +87,14 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
 
 def evaluated_predictions(cfg: Config) -> SavedPredictions:
     """The evaluation's per-image predictions, checked to be of the current prepared split."""
-    path = cfg.paths.evaluation / PREDICTIONS
+    path = artifacts.predictions_path(cfg.paths.evaluation)
     saved = load_predictions(path)
-    splits = read_manifest(cfg.paths.prepared)["splits"]
+    store = PreparedStore(cfg.paths.prepared)
     split = saved.meta["split"]
-    if split not in splits or splits[split]["fingerprint"] != saved.meta["split_fingerprint"]:
+    if (
+        split not in store.splits
+        or store.split_fingerprint(split) != saved.meta["split_fingerprint"]
+    ):
         raise EvaluationError(
             f"{path}: evaluated on another '{split}' split than {cfg.paths.prepared} holds; "
             "rerun 'thawline stage evaluate'"
@@ -105,17 +109,18 @@ def evaluated_model(cfg: Config, evaluated: SavedPredictions) -> Classifier:
         EvaluationError: The model on disk is not the one evaluated (rerun evaluate).
     """
     chosen = evaluated.meta["model"]
-    if chosen == "finetuned":
-        record = read_record(cfg.paths.finetune) or {}
-        model = load_trained(cfg.paths.finetune, record)
+    if chosen != HEAD_ONLY:  # a model trained on images: its stage's folder holds it
+        folder = getattr(cfg.paths, trained_by(chosen).output)
+        record = read_record(folder) or {}
+        model = load_trained(folder, record)
         weights = record["model_sha256"]
     else:
         model = build_model(cfg)
-        weights = sha256_file(cfg.paths.head / HEAD_WEIGHTS)
+        weights = sha256_file(head_files(cfg.paths.head).weights)
     if evaluated.meta.get("weights_sha256", weights) != weights:
         raise EvaluationError(
-            f"{cfg.paths.evaluation / PREDICTIONS}: evaluated another {chosen} model than the "
-            "one on disk; rerun 'thawline stage evaluate'"
+            f"{artifacts.predictions_path(cfg.paths.evaluation)}: evaluated another {chosen} "
+            "model than the one on disk; rerun 'thawline stage evaluate'"
         )
     return model
 
@@ -125,7 +130,7 @@ def register_and_gate(
 ) -> dict[str, Any]:
     """Register (or reuse) the version, run the gate once for it, and describe the outcome."""
     name = cfg.registry.model_name
-    predictions = cfg.paths.evaluation / PREDICTIONS
+    predictions = artifacts.predictions_path(cfg.paths.evaluation)
     registered = log_and_register(tracker, name, model_dir, predictions, example_images(cfg))
     client = tracker.store.client
     with gate_lock(tracker.store):
@@ -178,9 +183,9 @@ def decide(
 
 def example_images(cfg: Config, count: int = EXAMPLES) -> list[bytes]:
     """The first test images as PNG files: the registered model's input example."""
-    manifest = read_manifest(cfg.paths.prepared)
-    split = "test" if "test" in manifest["splits"] else next(iter(manifest["splits"]))
-    images = load_split(cfg.paths.prepared, split).images[:count]
+    store = PreparedStore(cfg.paths.prepared)
+    split = "test" if "test" in store.splits else store.splits[0]
+    images = store.load(split).images[:count]
     return [png_bytes(image) for image in images]
 
 

@@ -2,9 +2,10 @@
 
 The same architecture as the backbone with random weights (``weights: none``) and a fresh head,
 trained on the same images at the same input size, batch size, augmentation and schedule as
-``finetune``, for the same number of epochs (``scratch.epochs`` overrides), with every layer
+``finetune``, for the same number of epochs (the budget the finetune stage recorded in its
+``plan.json``; ``scratch.epochs`` overrides), with every layer
 trainable at one LR (random layers have nothing to preserve, so no discriminative LRs). Writes
-``paths.scratch`` in the layout of :mod:`thawline.stages.trained_model`; off unless
+``paths.scratch`` in the layout of :mod:`thawline.training.trained_model`; off unless
 ``scratch.enabled``.
 """
 
@@ -12,18 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from thawline.config import Config, Finetune
-from thawline.data.store import read_manifest
+from thawline.config import Config, FinetuneParams
+from thawline.data.store import PreparedStore
 from thawline.models.backbone import create_backbone
 from thawline.models.classifier import Classifier, build_classifier
 from thawline.models.head import Head
 from thawline.models.preprocess import Preprocess
-from thawline.stages import StageResult
-from thawline.stages.finetune import resolved_options
-from thawline.stages.trained_model import skip, train_and_save
+from thawline.stage_table import StageResult
 from thawline.training.fit_head import EpochCallback
-from thawline.training.phases import resolve_phases
-from thawline.training.unfreeze import layer_names
+from thawline.training.trained_model import read_plan, skip, train_and_save
 
 
 def run(
@@ -39,8 +37,8 @@ def run(
             cfg.paths.scratch, {"strategy": "scratch", "reason": "scratch.enabled is false"}
         )
     model = random_model(cfg)
-    epochs = cfg.scratch.epochs or budget_epochs(cfg, len(layer_names(model)))
-    opts = Finetune(
+    epochs = cfg.scratch.epochs or read_plan(cfg.paths.finetune)["budget_epochs"]
+    opts = FinetuneParams(
         **cfg.finetune.model_dump()
         | {
             "strategy": "custom",
@@ -56,19 +54,13 @@ def run(
     record = {
         "strategy": "scratch",
         "reason": reason,
-        "prepared_fingerprint": read_manifest(cfg.paths.prepared)["fingerprint"],
+        "prepared_fingerprint": PreparedStore(cfg.paths.prepared).fingerprint,
     }
     return train_and_save(
         cfg, model, opts, cfg.paths.scratch, record,
         checkpoints=cfg.paths.checkpoints / "scratch", on_epoch_end=on_epoch_end, progress=progress,
+        stats={"stage": "scratch"},
     )  # fmt: skip
-
-
-def budget_epochs(cfg: Config, num_groups: int) -> int:
-    """The fine-tune's epochs through the images (its resolved strategy's phases)."""
-    train_size = read_manifest(cfg.paths.prepared)["splits"]["train"]["count"]
-    phases = resolve_phases(resolved_options(cfg), num_groups, train_size)
-    return sum(phase.epochs for phase in phases)
 
 
 def random_model(cfg: Config) -> Classifier:
@@ -78,9 +70,8 @@ def random_model(cfg: Config) -> Classifier:
     backbone = create_backbone(cfg.backbone.model_copy(update={"weights": "none"}))
     size = cfg.finetune.image_size or cfg.extract.image_size
     preprocess = Preprocess.from_backbone(backbone, size, cfg.extract.crop_pct)
-    prepared = read_manifest(cfg.paths.prepared)
-    classes = list(prepared["classes"])
-    head = Head(backbone.num_features, len(classes))
+    store = PreparedStore(cfg.paths.prepared)
+    head = Head(backbone.num_features, len(store.classes))
     return build_classifier(
-        cfg.backbone.name, "none", [], preprocess, head, classes, int(prepared["image_size"])
+        cfg.backbone.name, "none", [], preprocess, head, store.classes, store.image_size
     )

@@ -1,7 +1,8 @@
 """``train_head``: fit the classifier head on the cached features; the backbone never runs.
 
 Writes ``paths.head``: ``head.safetensors`` (weights + feature standardisation) and ``head.json``
-(spec, history, chosen params, sweep table, the feature fingerprint it was trained on).
+(spec, history, chosen params, sweep table, the feature fingerprint it was trained on), and its
+wall time to ``paths.stats`` (thawline.run_stats).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import logging
 
 from thawline.config import Config
-from thawline.features.cache import CacheError, load_features, read_cache_manifest
-from thawline.models.head import save_head
-from thawline.stages import StageResult, training_metrics
+from thawline.features.cache import CacheError, FeatureCache
+from thawline.models.storage import save_head
+from thawline.run_stats import write_stats
+from thawline.stage_table import StageResult, training_metrics
 from thawline.training.fit_head import EpochCallback, fit_head
 from thawline.training.sweep import CandidateCallback, sweep_heads
 
@@ -31,10 +33,10 @@ def run(
         CacheError: No feature cache, or a shard whose sha256 does not match.
         NonFiniteLossError: The loss became NaN/inf; nothing is written.
     """
-    manifest = read_cache_manifest(cfg.paths.features)
-    train = load_features(cfg.paths.features, "train")
-    val = load_features(cfg.paths.features, "val") if "val" in manifest["splits"] else None
-    classes = manifest["classes"]
+    cache = FeatureCache(cfg.paths.features)
+    train = cache.load("train")
+    val = cache.load("val") if "val" in cache.splits else None
+    classes = cache.classes
     if cfg.head.sweep.enabled:
         if val is None:
             raise CacheError("head.sweep needs a validation split; set prepare.val_fraction > 0")
@@ -55,13 +57,13 @@ def run(
         cfg.paths.head,
         {
             "classes": classes,
-            "feature_fingerprint": manifest["fingerprint"],
+            "feature_fingerprint": cache.fingerprint,
             "params": chosen,
             "best_epoch": fit.best_epoch,
             "history": fit.history,
             "sweep": candidates,
-            "seconds": round(fit.seconds, 3),
         },
-    )
+    )  # no wall time in head.json: an identical head must leave DVC's hash unchanged
+    write_stats(cfg.paths.stats, "train_head", {"seconds": round(fit.seconds, 3)})
     metrics = training_metrics(fit.best, fit.best_epoch, epochs, fit.seconds)
     return StageResult(outputs={"head": cfg.paths.head}, metrics=metrics, info={"params": chosen})

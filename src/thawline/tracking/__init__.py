@@ -5,9 +5,10 @@ logs, registers and gates models, ``pyfunc`` is the served model, and ``load_mod
 registered or saved model for ``thawline predict``.
 """
 
+from thawline.errors import RegistryError
 from thawline.tracking.loading import Predictor, load_model
 from thawline.tracking.runs import NullTracker, Tracker, pipeline_run, stage_run
-from thawline.tracking.store import RegistryError, tracking_uri
+from thawline.tracking.store import mlflow_errors, tracking_uri
 
 __all__ = [
     "NullTracker",
@@ -15,6 +16,7 @@ __all__ = [
     "RegistryError",
     "Tracker",
     "load_model",
+    "mlflow_errors",
     "pipeline_run",
     "stage_run",
     "tracking_uri",

@@ -16,7 +16,10 @@ import mlflow.pyfunc
 import pandas as pd
 from mlflow import MlflowClient
 
-from thawline.models.classifier import SPEC, WEIGHTS, load_classifier
+from thawline.errors import RegistryError
+from thawline.models.storage import MODEL_SPEC as SPEC
+from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
+from thawline.models.storage import load_classifier
 from thawline.tracking.pyfunc import classify
 from thawline.tracking.registry import (
     CHAMPION,
@@ -24,7 +27,7 @@ from thawline.tracking.registry import (
     dangling_alias_message,
     recorded_champion,
 )
-from thawline.tracking.store import RegistryError, client_for, sqlite_path
+from thawline.tracking.store import client_for, sqlite_path
 from thawline.tracking.store import tracking_uri as default_tracking_uri
 
 

@@ -10,7 +10,10 @@ from typing import Any
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 from thawline.config import Config, dump_config
-from thawline.files import read_json, sha256_json
+from thawline.data.store import PreparedStore
+from thawline.errors import ThawlineError
+from thawline.features.cache import FeatureCache
+from thawline.files import sha256_json
 
 
 def pipeline_key(cfg: Config) -> str:
@@ -19,16 +22,17 @@ def pipeline_key(cfg: Config) -> str:
 
 
 def run_tags(cfg: Config) -> dict[str, str]:
-    """Provenance tags: backbone, git commit and the data and feature fingerprints present."""
+    """Provenance tags: backbone, git commit and the data and feature fingerprints present
+    (read through the stores that own those formats)."""
     tags = {"thawline.backbone": cfg.backbone.name}
     if commit := git_commit():
         tags |= {"thawline.git_commit": commit, MLFLOW_GIT_COMMIT: commit}
-    for tag, manifest in (
-        ("thawline.data_fingerprint", cfg.paths.prepared / "manifest.json"),
-        ("thawline.feature_fingerprint", cfg.paths.features / "manifest.json"),
+    for tag, owner, folder in (
+        ("thawline.data_fingerprint", PreparedStore, cfg.paths.prepared),
+        ("thawline.feature_fingerprint", FeatureCache, cfg.paths.features),
     ):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            tags[tag] = str(read_json(manifest)["fingerprint"])
+        with contextlib.suppress(ThawlineError, OSError, ValueError, KeyError, TypeError):
+            tags[tag] = str(owner(folder).fingerprint)
     return tags
 
 

@@ -24,7 +24,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, Array, ColSpec, Schema
 
 from thawline.data.images import BadImageError, decode_image, square_uint8
-from thawline.models.classifier import Classifier, load_classifier
+from thawline.models.classifier import Classifier
+from thawline.models.storage import load_classifier
 
 MAX_PIXELS = 50_000_000  # as prepare.max_pixels: larger inputs are refused before decoding
 MAX_FILE_BYTES = 256 << 20

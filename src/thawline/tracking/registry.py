@@ -24,12 +24,14 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from thawline.errors import RegistryError
 from thawline.files import read_json
-from thawline.models.classifier import SPEC, WEIGHTS
+from thawline.models.storage import MODEL_SPEC as SPEC
+from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.tracking.provenance import flatten
 from thawline.tracking.pyfunc import input_example, model_signature
 from thawline.tracking.runs import Tracker
-from thawline.tracking.store import RegistryError, Store, store_lock, with_retry
+from thawline.tracking.store import Store, store_lock, with_retry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_DIGEST = "thawline.model_sha256"

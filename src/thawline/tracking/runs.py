@@ -23,7 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
 from thawline.config import Config, dump_config
-from thawline.stages import StageResult
+from thawline.stage_table import StageResult
 from thawline.tracking.provenance import flatten, pipeline_key, run_tags
 from thawline.tracking.store import Store, connect, store_lock, with_retry
 
@@ -133,12 +133,9 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Tracker | NullTracker]:
     Ctrl-C) and is re-raised. Re-entering for the stage whose run is already active (the CLI
     wraps a stage that opens its own run) yields that run again.
 
-    Args:
-        cfg: The config (``tracking`` section: enabled, uri, artifacts, experiment).
-        stage: The stage name, e.g. ``train_head``.
-
     Yields:
-        A :class:`Tracker` (a :class:`NullTracker` when tracking is disabled).
+        A :class:`Tracker` for ``stage`` (a :class:`NullTracker` when ``tracking.enabled`` is
+        false).
     """
     if not cfg.tracking.enabled:
         yield NullTracker()

@@ -24,13 +24,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from thawline.config import Config
+from thawline.errors import TrackingError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 T = TypeVar("T")
-
-
-class RegistryError(RuntimeError):
-    """A registry state thawline refuses to guess about; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +37,16 @@ class Store:
     uri: str
     client: MlflowClient
     experiment_id: str
+
+
+@contextlib.contextmanager
+def mlflow_errors() -> Iterator[None]:
+    """MLflow's own exceptions as :class:`TrackingError`: callers outside this package catch
+    thawline's base error and never import mlflow."""
+    try:
+        yield
+    except MlflowException as err:
+        raise TrackingError(f"MLflow: {err.message}") from err
 
 
 def tracking_uri(cfg: Config | None = None) -> str:

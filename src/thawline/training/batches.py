@@ -1,4 +1,4 @@
-"""Turning uint8 image batches into model inputs on the fly, and the precision to run them in.
+"""Turning uint8 image batches into model inputs on the fly, and deterministic kernels.
 
 Augmentation is per image (torchvision v2's batch transforms draw one random choice for the whole
 batch) and draws from an explicit generator, so a resumed epoch sees the same flips and shifts.
@@ -9,76 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torchvision.transforms.v2 import functional as TF
 
 from thawline.models.preprocess import Preprocess
-
-
-@dataclass(frozen=True)
-class Precision:
-    """Autocast dtype (None = fp32) and whether fp16 needs a GradScaler."""
-
-    dtype: torch.dtype | None
-    scaler: bool = False
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU.
-
-    Raises:
-        ValueError: ``cuda`` asked for on a machine without a CUDA device.
-    """
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("finetune.device: 'cuda', but no CUDA device is available; use auto")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-# Measured on this project's 2-core AVX512-BF16 CPU, full Lite0 fine-tuning at batch 64: bf16
-# autocast is 0.6x fp32 at 64 px and 0.8x at 96 px, but 1.3x at 128 px (small convolutions
-# spend more on casting than they save). bench/finetune.py measures it.
-CPU_BF16_MIN_SIZE = 112
-
-
-def resolve_precision(
-    precision: str, device: torch.device, image_size: int | None = None
-) -> Precision:
-    """``auto``: bf16 where the hardware has it natively (on CPU only for inputs of at least
-    ``CPU_BF16_MIN_SIZE`` px, where it is faster), else fp16 + GradScaler on CUDA, else fp32.
-
-    Raises:
-        ValueError: fp16 on a CPU (no GradScaler-backed fp16 training there).
-    """
-    cuda = device.type == "cuda"
-    if precision == "fp16" and not cuda:
-        raise ValueError("finetune.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    if precision == "auto":
-        if cuda:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-            large = image_size is None or image_size >= CPU_BF16_MIN_SIZE
-            precision = "bf16" if native and large else "fp32"
-    if precision == "fp32":
-        return Precision(None)
-    if precision == "bf16":
-        return Precision(torch.bfloat16)
-    return Precision(torch.float16, scaler=True)
-
-
-def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    """Autocast in the chosen dtype, or nothing for fp32."""
-    if precision.dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=precision.dtype)
 
 
 def training_batch(

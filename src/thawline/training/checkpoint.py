@@ -28,15 +28,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from thawline.errors import CheckpointError
 from thawline.files import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 MODEL, BEST, STATE, COMPLETE = "model.safetensors", "best.safetensors", "state.pt", "complete.json"
 _NAME = re.compile(r"epoch-(\d{4,})")
-
-
-class CheckpointError(RuntimeError):
-    """Checkpoints exist but none can be resumed from, or they belong to another run."""
 
 
 @dataclass

@@ -17,23 +17,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from thawline.config import Head as HeadConfig
+from thawline.config import HeadParams
+from thawline.errors import NonFiniteLossError
 from thawline.models.head import Head
 from thawline.training.schedule import warmup_cosine
+from thawline.training.validate import improved
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite, or diverged; nothing from this run is saved.
-
-    ``diverged`` tells a finite loss that ran away (a fine-tune may retry that phase at a lower
-    LR) from a NaN/inf loss, gradient or weight (a broken run: it stops).
-    """
-
-    def __init__(self, message: str, *, diverged: bool = False):
-        super().__init__(message)
-        self.diverged = diverged
 
 
 # A batch's mean cross-entropy above this many times that of a uniform guess (ln C) is divergence:
@@ -66,7 +56,7 @@ def fit_head(
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor] | None,
     num_classes: int,
-    opts: HeadConfig,
+    opts: HeadParams,
     seed: int,
     *,
     on_epoch_end: EpochCallback | None = None,
@@ -103,7 +93,7 @@ def fit_head(
     return HeadFit(run.head.eval(), run.history, run.best_epoch, run.best, seconds)
 
 
-def head_batch_size(opts: HeadConfig, rows: int) -> int:
+def head_batch_size(opts: HeadParams, rows: int) -> int:
     """``head.batch_size``; ``auto`` is about 16 steps an epoch: ``rows / 16`` rounded down to a
     power of two, from 32 to 512 (512 from 8,192 rows up). With a fixed 512, 1,000 images get 2
     steps an epoch, 60 in 30 epochs: a probe far from converged."""
@@ -115,7 +105,7 @@ def head_batch_size(opts: HeadConfig, rows: int) -> int:
 class _HeadRun:
     """The state of one head fit: data, head, optimiser, schedule and the best epoch so far."""
 
-    def __init__(self, train, num_classes: int, opts: HeadConfig, seed: int):
+    def __init__(self, train, num_classes: int, opts: HeadParams, seed: int):
         x, self.y = train[0].float(), train[1].long()
         self.opts = opts
         self.batch_size = head_batch_size(opts, len(x))
@@ -146,7 +136,7 @@ class _HeadRun:
         if val is not None:
             metrics |= evaluate_head(self.head, val[0], val[1], self.loss_fn)
         self.history.append(metrics)
-        if _improved(metrics, self.best, val is not None):
+        if improved(metrics, self.best):
             self.best_state = copy.deepcopy(self.head.state_dict())
             self.best_epoch, self.best = epoch, metrics
         return metrics
@@ -200,14 +190,6 @@ def evaluate_head(
         "val_loss": float(loss_fn(logits, labels.long())),
         "val_accuracy": float((logits.argmax(1) == labels).float().mean()),
     }
-
-
-def _improved(metrics: dict, best: dict, has_val: bool) -> bool:
-    if not best or not has_val:
-        return True
-    if metrics["val_accuracy"] != best["val_accuracy"]:
-        return metrics["val_accuracy"] > best["val_accuracy"]
-    return metrics["val_loss"] < best["val_loss"]
 
 
 def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from thawline.config import Finetune
+from thawline.config import FinetuneParams
 from thawline.training.schedule import warmup_cosine
 
 
@@ -34,7 +34,7 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
     return max(1, count // batch_size)
 
 
-def epochs_per_phase(opts: Finetune, train_size: int) -> int:
+def epochs_per_phase(opts: FinetuneParams, train_size: int) -> int:
     """``epochs_per_phase``, with ``auto`` resolved for ``train_size`` training images.
 
     ``auto`` gives each phase at least ``phase_images`` images (whole epochs): one epoch of a
@@ -49,7 +49,7 @@ def epochs_per_phase(opts: Finetune, train_size: int) -> int:
     return max(1, math.ceil(opts.phase_images / per_epoch))
 
 
-def resolve_phases(opts: Finetune, num_groups: int, train_size: int) -> list[Phase]:
+def resolve_phases(opts: FinetuneParams, num_groups: int, train_size: int) -> list[Phase]:
     """The phase list for a strategy, with ``-1`` resolved to ``num_groups``.
 
     Raises:
@@ -80,7 +80,12 @@ def resolve_phases(opts: Finetune, num_groups: int, train_size: int) -> list[Pha
     return phases
 
 
-def group_lrs(opts: Finetune, phase: Phase, num_groups: int) -> list[float]:
+def budget_epochs(opts: FinetuneParams, num_groups: int, train_size: int) -> int:
+    """Epochs through the images in all of a strategy's phases (the scratch baseline's budget)."""
+    return sum(phase.epochs for phase in resolve_phases(opts, num_groups, train_size))
+
+
+def group_lrs(opts: FinetuneParams, phase: Phase, num_groups: int) -> list[float]:
     """Each param group's peak LR in ``phase``: backbone groups stem first, then the head.
 
     Frozen groups get 0. Unfrozen ones get ``phase.lr * lr_decay ** distance`` (distance from the

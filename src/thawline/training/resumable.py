@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
-
-import torch
 
 from thawline.training.checkpoint import (
     Checkpoint,
@@ -27,16 +27,8 @@ from thawline.training.checkpoint import (
 from thawline.training.unfreeze import unfrozen_groups
 
 # The code a checkpoint's training depends on: changed code starts a new checkpoint series.
+log = logging.getLogger(__name__)
 CODE = [Path(__file__).parents[1] / name for name in ("training", "models")]
-
-
-def digest(tensors: list[torch.Tensor]) -> str:
-    """sha256 over the tensors' bytes (what the run starts from: weights, images, labels)."""
-    h = hashlib.sha256()
-    for tensor in tensors:
-        h.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def code_digest() -> str:
@@ -146,3 +138,11 @@ class Resumable:
             "seconds": self.seconds,
             "finished": self.finished,
         }
+
+
+def remove_other_series(series: Path) -> None:
+    """A finished run makes other plans' checkpoints (older params, an interrupted run) moot."""
+    for other in series.parent.iterdir() if series.parent.is_dir() else []:
+        if other.is_dir() and other != series and not other.name.startswith("."):
+            log.info("finetune: removing checkpoints of another plan: %s", other)
+            shutil.rmtree(other, ignore_errors=True)

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thawline.config import Config
+from thawline.data.store import PreparedStore
+from thawline.models.storage import read_head_meta
+
 TOO_FEW = 100
 
 
@@ -55,6 +59,21 @@ def choose_strategy(
         f"{train_size} training images, {probe}: fine-tune every group with discriminative LRs "
         "(on 200-10,000 images it beat the probe by 2.7-5.4 points, gradual unfreezing no "
         "better in 2-3x the time; docs/benchmarks.md)",
+    )
+
+
+def resolve_strategy(cfg: Config) -> StrategyChoice:
+    """``finetune.strategy``, with ``auto`` decided from the prepared data and the probe.
+
+    Resolved once, by the finetune stage, which records it (``plan.json``) for the scratch
+    baseline's budget.
+    """
+    if cfg.finetune.strategy != "auto":
+        return StrategyChoice(cfg.finetune.strategy, "set in params (finetune.strategy)")
+    store = PreparedStore(cfg.paths.prepared)
+    probe = probe_accuracy(read_head_meta(cfg.paths.head))
+    return choose_strategy(
+        store.count("train"), store.count("val"), probe, cfg.finetune.auto_probe_good
     )
 
 

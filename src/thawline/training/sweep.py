@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from thawline.config import Head as HeadConfig
+from thawline.config import HeadParams
 from thawline.training.fit_head import HeadFit, fit_head
 
 CandidateCallback = Callable[[dict[str, Any], dict[str, float], list[dict[str, float]]], None]
@@ -18,7 +18,7 @@ def sweep_heads(
     train: tuple[torch.Tensor, torch.Tensor],
     val: tuple[torch.Tensor, torch.Tensor],
     num_classes: int,
-    opts: HeadConfig,
+    opts: HeadParams,
     seed: int,
     *,
     on_candidate: CandidateCallback | None = None,
@@ -36,10 +36,10 @@ def sweep_heads(
         candidate = opts.model_copy(update=params)
         fit = fit_head(train, val, num_classes, candidate, seed)
         metrics = {k: v for k, v in fit.best.items() if k.startswith("val_")}
-        metrics |= {"best_epoch": float(fit.best_epoch), "seconds": fit.seconds}
-        rows.append(params | metrics)
+        metrics |= {"best_epoch": float(fit.best_epoch)}
+        rows.append(params | metrics)  # the table in head.json: a function of the inputs only
         if on_candidate is not None:
-            on_candidate(params, metrics, fit.history)
+            on_candidate(params, metrics | {"seconds": fit.seconds}, fit.history)
         if best is None or fit.best["val_accuracy"] > best[0].best["val_accuracy"]:
             best = (fit, params)
     assert best is not None  # the config guarantees a non-empty grid

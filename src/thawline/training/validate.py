@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from thawline.devices import Precision, autocast
 from thawline.models.classifier import Classifier
-from thawline.training.batches import Precision, autocast
 
 FP32 = Precision(None)
 

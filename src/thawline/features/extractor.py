@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from thawline.config import ConfigError
+from thawline.errors import ConfigError
 from thawline.models.backbone import Backbone
 from thawline.models.preprocess import PooledFeatures, Preprocess
 
@@ -37,27 +37,6 @@ class _Rows(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         lo = self.start + i * self.batch
         return self.fn.resize(self.images[lo : min(lo + self.batch, self.stop)])
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("extract.device: 'cuda' requested but no CUDA device is available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def pick_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None for fp32). 'auto': bf16 where the CPU has it, bf16/fp16 on CUDA."""
-    if requested == "fp32":
-        return None
-    if requested == "bf16":
-        return torch.bfloat16
-    if requested == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
 def uses_jit(device: torch.device, amp: torch.dtype | None, jit: bool) -> bool:

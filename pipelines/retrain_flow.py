@@ -21,21 +21,26 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from pipelines.project import project
-from pipelines.stages import StageOutcome, stage_task
 from pipelines.summary import summary_markdown
-from pipelines.training import training
+from pipelines.tasks import StageOutcome, stage_task
+from pipelines.training_flow import training
 from thawline.config import Config
-from thawline.features.cache import read_cache_manifest
-from thawline.files import read_json
-from thawline.models.head import SPEC
-from thawline.stages.prepare import SourceCheck, check_source
+from thawline.data.store import PreparedStore
 from thawline.tracking import pipeline_run
-from thawline.training.strategy import probe_accuracy, should_escalate
+from thawline.training.retrain_policy import SourceCheck, escalation, source_changed
+
+DESCRIPTION = "on new or changed images: extract those, retrain the head, evaluate, register"
 
 
 @task(name="check data source", cache_policy=NO_CACHE, persist_result=False)
 def check_data(cfg: Config) -> SourceCheck:
-    return check_source(cfg)
+    return source_changed(cfg)
+
+
+def _computed(outcomes: list[dict]) -> int:
+    """Images that went through the backbone: the extract stage's own metric (0: up to date)."""
+    metrics = next((o["metrics"] for o in outcomes if o["stage"] == "extract"), {})
+    return int(metrics.get("images_computed", 0))
 
 
 @flow(name="thawline-retrain", log_prints=True, persist_result=False)
@@ -55,12 +60,11 @@ def retrain(params: str = "params.yaml") -> dict:
             return {"action": "nothing", "reasons": [check.reason], "images_computed": 0,
                     "stages": []}  # fmt: skip
         logger.info("retrain: %s", check.reason)
-        if not (cfg.paths.prepared / "manifest.json").is_file():
+        if not PreparedStore.exists(cfg.paths.prepared):
             logger.info("retrain: nothing trained yet: running the whole training flow")
             stages = training(params)
-            computed = read_cache_manifest(cfg.paths.features)["images_computed"]
             return {"action": "initial", "reasons": [check.reason], "stages": stages,
-                    "images_computed": computed}  # fmt: skip
+                    "images_computed": _computed(stages)}  # fmt: skip
         reasons = [check.reason]
         outcomes: list[StageOutcome] = []
         with pipeline_run(cfg, "retrain-flow") as run_id:
@@ -68,10 +72,9 @@ def retrain(params: str = "params.yaml") -> dict:
             outcomes.append(stage_task(cfg, "prepare")("prepare", repo, force=True))
             for stage in ("extract", "train_head"):
                 outcomes.append(stage_task(cfg, stage)(stage, repo))
-            computed = int(read_cache_manifest(cfg.paths.features).get("images_computed", 0))
+            computed = _computed([vars(o) for o in outcomes])
             reasons.append(f"{computed} new or changed images went through the backbone")
-            probe = probe_accuracy(read_json(cfg.paths.head / SPEC))
-            decision = should_escalate(cfg.retrain.finetune, cfg.retrain.escalate_below, probe)
+            decision = escalation(cfg)
             reasons.append(decision.reason)
             later = ["evaluate", "register"]
             if decision.strategy == "finetune":

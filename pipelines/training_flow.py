@@ -1,28 +1,26 @@
 """The training flow: every stage in order, each a Prefect task that runs it through DVC.
 
-python -m pipelines.training [--params params.yaml] [-S head.lr=0.003 ...]
-thawline flow run [-S ...]
+thawline flow run [-p params.yaml] [-S head.lr=0.003 ...]
 """
 
 from __future__ import annotations
-
-import sys
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from pipelines.project import project
-from pipelines.stages import StageOutcome, stage_task
 from pipelines.summary import summary_markdown
+from pipelines.tasks import StageOutcome, stage_task
+from thawline.stage_table import NAMES
 from thawline.tracking import pipeline_run
 
-STAGES = ("prepare", "extract", "train_head", "finetune", "scratch", "evaluate", "register")
+DESCRIPTION = " -> ".join(NAMES)
 
 
 @flow(name="thawline-training", log_prints=True, persist_result=False)
 def training(params: str = "params.yaml", overrides: list[str] | None = None) -> list[dict]:
-    """prepare -> extract -> train_head -> finetune -> scratch -> evaluate -> register.
+    """Every stage of the stage table in order (prepare -> extract -> ... -> register).
 
     Args:
         params: The project's params.yaml.
@@ -34,7 +32,7 @@ def training(params: str = "params.yaml", overrides: list[str] | None = None) ->
     logger = get_run_logger()
     with project(params, overrides) as (repo, cfg), pipeline_run(cfg, "training-flow") as run_id:
         outcomes: list[StageOutcome] = []
-        for stage in STAGES:
+        for stage in NAMES:
             outcomes.append(stage_task(cfg, stage)(stage, repo))
         ran = [o.stage for o in outcomes if o.ran] or ["nothing: all up to date"]
         logger.info("training flow done; ran %s", ", ".join(ran))
@@ -43,12 +41,5 @@ def training(params: str = "params.yaml", overrides: list[str] | None = None) ->
     return [vars(o) for o in outcomes]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.training [-p params.yaml] [-S ...]`` is ``thawline flow run``."""
-    from thawline.cli import main as thawline
-
-    return thawline(["flow", "run", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    training()

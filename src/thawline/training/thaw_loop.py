@@ -2,25 +2,18 @@
 
 The loop reads uint8 images and makes each batch on the fly (resize, flip + shift, normalise),
 runs in bf16 autocast where the hardware has it, clips gradients, and writes a checkpoint after
-every epoch. It reports through ``on_epoch_end`` and never logs to a tracker.
-
-Under torchrun (a :class:`~thawline.distributed.World` of several processes) the model is wrapped
-in DistributedDataParallel and a DistributedSampler deals each epoch's shuffled order to the
-ranks; ``batch_size`` stays the global batch, so the steps, the schedule and the averaged
-gradient are those of one process. The wrapper is rebuilt whenever a phase thaws more groups:
-DDP registers its all-reduce hooks on the parameters that require gradients when it is built,
-so a group thawed later would train on local gradients only and the replicas would drift apart.
-``find_unused_parameters`` would not fix that (it finds parameters missing from the graph, not
-ones that were frozen at construction) and costs a graph walk every step; a rebuild costs one
-parameter broadcast per phase. Only rank 0 writes checkpoints and calls ``on_epoch_end``.
-
-The run never ends worse than its start: see :mod:`thawline.training.never_worse`.
+every epoch. It reports through ``on_epoch_end`` and never logs to a tracker. Under torchrun
+(a :class:`~thawline.distributed.World` of several processes) the model is wrapped in
+DistributedDataParallel and a DistributedSampler deals each epoch's shuffled order to the ranks;
+``batch_size`` stays the global batch, so the steps, the schedule and the averaged gradient are
+those of one process. The wrapper is rebuilt per phase (training/replicas.py says why). Only
+rank 0 writes checkpoints and calls ``on_epoch_end``. The run never ends worse than its start
+(training/never_worse.py).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,21 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from thawline.config import ConfigError, Finetune
+from thawline.config import ConfigError, FinetuneParams
+from thawline.devices import Precision, autocast, resolve_device, resolve_precision
 from thawline.distributed import World
+from thawline.files import tensors_sha256
 from thawline.models.classifier import Classifier
-from thawline.training.batches import (
-    Precision,
-    autocast,
-    deterministic,
-    resolve_device,
-    resolve_precision,
-    training_batch,
-)
+from thawline.training.batches import deterministic, training_batch
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
 from thawline.training.never_worse import NeverWorse
 from thawline.training.phases import (
@@ -52,7 +39,8 @@ from thawline.training.phases import (
     steps_per_epoch,
     timeline_schedule,
 )
-from thawline.training.resumable import Resumable, digest
+from thawline.training.replicas import PhaseWrapper, check_replicas
+from thawline.training.resumable import Resumable, remove_other_series
 from thawline.training.unfreeze import apply_phase, layer_names, param_groups, release
 from thawline.training.validate import metrics_from_sums, validation_sums
 
@@ -79,7 +67,7 @@ def fine_tune(
     model: Classifier,
     train: Data,
     val: Data | None,
-    opts: Finetune,
+    opts: FinetuneParams,
     seed: int,
     *,
     checkpoint_dir: Path | str,
@@ -123,16 +111,8 @@ def fine_tune(
         resumed = trainer.start(series)
         trainer.fit(series, on_epoch_end if world.main else None, progress and world.main)
     if world.main:
-        _remove_other_series(series)
+        remove_other_series(series)
     return trainer.result(resumed, series)
-
-
-def _remove_other_series(series: Path) -> None:
-    """A finished run makes other plans' checkpoints (older params, an interrupted run) moot."""
-    for other in series.parent.iterdir() if series.parent.is_dir() else []:
-        if other.is_dir() and other != series and not other.name.startswith("."):
-            log.info("finetune: removing checkpoints of another plan: %s", other)
-            shutil.rmtree(other, ignore_errors=True)
 
 
 class _Trainer(Resumable, NeverWorse):
@@ -140,8 +120,9 @@ class _Trainer(Resumable, NeverWorse):
     rollbacks: :class:`NeverWorse`)."""
 
     def __init__(
-        self, model, train, val, opts: Finetune, seed, device, precision: Precision, world: World
-    ):
+        self, model, train, val, opts: FinetuneParams, seed, device, precision: Precision,
+        world: World,
+    ):  # fmt: skip
         if opts.batch_size % world.size:
             raise ConfigError(
                 f"finetune.batch_size: {opts.batch_size} is the global batch, split between "
@@ -160,7 +141,7 @@ class _Trainer(Resumable, NeverWorse):
             seed=seed, drop_last=True,
         )  # fmt: skip
         self.steps = steps_per_epoch(len(self.sampler), self.rank_batch)
-        self.wrapped: tuple[int, nn.Module] | None = None  # (phase, DDP wrapper)
+        self.wrapper = PhaseWrapper(self.model, world, device)
         self.optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay))
         self.timeline = Timeline(phases, lrs, self.steps, opts.warmup_fraction)
         self.scheduler = timeline_schedule(self.optimizer, self.timeline)
@@ -172,8 +153,10 @@ class _Trainer(Resumable, NeverWorse):
         self.best_epoch, self.best = 0, {}
         self.best_state: dict[str, torch.Tensor] | None = None
         state = model.state_dict()
-        data = [*train, *(val or ())]
-        self.start_digest = digest([state[k] for k in sorted(state)] + list(data))
+        data = {"train_inputs": train[0], "train_labels": train[1]}
+        if val is not None:
+            data |= {"val_inputs": val[0], "val_labels": val[1]}
+        self.start_digest = tensors_sha256([*sorted(state.items()), *data.items()])
 
     def fit(self, folder: Path, on_epoch_end: EpochCallback | None, progress: bool) -> None:
         report = on_epoch_end or (lambda epoch, metrics: None)
@@ -230,7 +213,7 @@ class _Trainer(Resumable, NeverWorse):
     def _train_epoch(self, phase: int, bar) -> float:
         self.model.train()
         apply_phase(self.model, self.timeline.phase(self.epoch), freeze_bn=self.opts.freeze_bn)
-        net = self._network(phase)
+        net = self.wrapper.network(phase)
         # Order and augmentation depend on (seed, epoch, rank) only: a resumed epoch repeats them.
         self.sampler.set_epoch(self.epoch)
         order = torch.tensor(list(self.sampler))
@@ -250,16 +233,6 @@ class _Trainer(Resumable, NeverWorse):
             bar.set_postfix(phase=f"{phase + 1}/{len(self.timeline.phases)}", loss=f"{mean:.4f}")
         self.world.broadcast_buffers(self.model)  # one set of BatchNorm statistics to validate
         return total / self.steps
-
-    def _network(self, index: int) -> nn.Module:
-        """The model, or under torchrun its DDP wrapper for this phase's trainable parameters."""
-        if not self.world.active:
-            return self.model
-        if self.wrapped is None or self.wrapped[0] != index:
-            self.wrapped = None  # the old wrapper's hooks go with it
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.wrapped = (index, DistributedDataParallel(self.model, device_ids=ids))
-        return self.wrapped[1]
 
     def _validate(self) -> dict[str, float]:
         """Validation loss and accuracy; each rank scores every ``world.size``-th image."""
@@ -311,7 +284,7 @@ class _Trainer(Resumable, NeverWorse):
         )
 
     def result(self, resumed: int, series: Path) -> FineTuneResult:
-        self._check_replicas()
+        check_replicas(self.model, self.world)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         release(self.model)
@@ -321,18 +294,6 @@ class _Trainer(Resumable, NeverWorse):
             resumed_from=resumed, checkpoints=series, precision=self.precision.name,
             epochs=self.epoch, rollbacks=self.rollbacks,
         )  # fmt: skip
-
-    def _check_replicas(self) -> None:
-        """Under torchrun, every rank must end with the same weights; say so if they do not."""
-        if not self.world.active:
-            return
-        state = self.model.state_dict()
-        digests = self.world.gather(digest([state[k] for k in sorted(state)]))
-        if len(set(digests)) > 1:
-            raise RuntimeError(
-                f"finetune: the {self.world.size} processes ended with different weights; "
-                "a gradient was not synchronised. Please report this with your params.yaml"
-            )
 
 
 def _without_epoch(metrics: dict[str, float]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Fine-tuning throughput: thawline's loop against the seeds' naive loop, in one run.
 
-    .venv/bin/python bench/finetune.py [--per-class 100] [--sizes 64 128] [--batch 64]
+    .venv/bin/python bench/finetune_speed.py [--per-class 100] [--sizes 64 128] [--batch 64]
 
 Same model (packaged Lite0 + a linear head), same uint8 Fashion-MNIST images, same batch size.
 The naive loop is written like the seeds: fp32, default memory format, every parameter
@@ -20,19 +20,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from thawline.config import Backbone, Finetune, config_from_dict
+from thawline.config import BackboneParams, FinetuneParams, config_from_dict
 from thawline.data.store import load_split
+from thawline.devices import resolve_precision
 from thawline.models.backbone import create_backbone
 from thawline.models.classifier import build_classifier
 from thawline.models.head import Head
 from thawline.models.preprocess import Preprocess
 from thawline.stages import prepare
-from thawline.training.batches import resolve_precision
-from thawline.training.finetune import fine_tune
+from thawline.training.thaw_loop import fine_tune
 
 
 def classifier(size: int, image_size: int):
-    backbone = create_backbone(Backbone())
+    backbone = create_backbone(BackboneParams())
     preprocess = Preprocess.from_backbone(backbone, size, None)
     head = Head(backbone.num_features, 10)
     return build_classifier(
@@ -59,7 +59,7 @@ def naive(images: torch.Tensor, labels: torch.Tensor, size: int, batch: int) -> 
 def thawline_loop(
     images, labels, size: int, batch: int, groups: int, tmp: Path, precision: str = "auto"
 ) -> float:
-    opts = Finetune(
+    opts = FinetuneParams(
         strategy="custom", phases=[{"groups": groups, "epochs": 1, "lr": 1e-4}],
         batch_size=batch, resume=False, augment=True, precision=precision,
     )  # fmt: skip

@@ -4,7 +4,13 @@ Both stages write the same layout, which ``evaluate`` reads back::
 
     <folder>/model/        model.safetensors + model.json (load_classifier)
     <folder>/record.json   what was trained and how: strategy and reason, history, best epoch,
-                           seconds, and the fingerprints it started from (staleness checks)
+                           rollbacks, and the fingerprints it started from (staleness checks)
+    <folder>/plan.json     finetune only: the resolved strategy, why, and its budget in epochs,
+                           which the scratch baseline trains for (a file of its own, so that a
+                           fine-tune rerun with the same plan does not rerun the baseline)
+
+and the run's statistics (seconds, images per second per epoch, the checkpoint it resumed from)
+to ``<paths.stats>/<stage>.json``: not in the record, which DVC versions.
 
 and keep resumable per-epoch checkpoints in ``paths.checkpoints/<stage>/<plan>/`` (outside the
 stage's DVC output, which DVC deletes before rerunning a stage: a rerun after a crash resumes).
@@ -25,58 +31,62 @@ from typing import Any
 import torch
 
 from thawline import distributed
-from thawline.config import Config, Finetune
-from thawline.data.store import load_split, read_manifest
-from thawline.evaluation import EvaluationError
+from thawline.config import Config, FinetuneParams
+from thawline.data.store import PreparedStore
+from thawline.devices import resolve_device
+from thawline.errors import EvaluationError, UpstreamError
 from thawline.files import read_json, sha256_file, write_json
-from thawline.models.classifier import WEIGHTS, Classifier, load_classifier, save_classifier
-from thawline.stages import StageResult, training_metrics
-from thawline.training.batches import resolve_device
-from thawline.training.finetune import fine_tune
+from thawline.models.classifier import Classifier
+from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
+from thawline.models.storage import load_classifier, save_classifier
+from thawline.run_stats import write_stats
+from thawline.stage_table import StageResult, training_metrics
 from thawline.training.fit_head import EpochCallback
+from thawline.training.thaw_loop import fine_tune
 
 log = logging.getLogger(__name__)
-RECORD, MODEL = "record.json", "model"
+RECORD, MODEL, PLAN = "record.json", "model", "plan.json"
+RUN_ONLY = ("images_per_second",)  # history entries that describe the run, not the model
 Data = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, 3, S, S], int64 labels [N]
 
 
 def train_and_save(
     cfg: Config,
     model: Classifier,
-    opts: Finetune,
+    opts: FinetuneParams,
     folder: Path,
     record: dict[str, Any],
     *,
     checkpoints: Path,
     on_epoch_end: EpochCallback | None,
     progress: bool,
-    setup_seconds: float = 0.0,
+    stats: dict[str, Any],
 ) -> StageResult:
     """Train ``model`` on the prepared train split (best epoch by val) and write ``folder``.
 
     ``record`` (strategy, reason, start fingerprints...) is saved with the training results;
-    ``setup_seconds`` (preparing the start: the finetune head's refit) count in its seconds.
+    ``stats`` (``stage``, and the seconds spent preparing the start, ``setup_seconds``) with the
+    run's statistics.
     """
     with distributed.join(resolve_device(opts.device)) as world:
         return _train_and_save(
             cfg, model, opts, folder, record, checkpoints=checkpoints,
-            on_epoch_end=on_epoch_end, progress=progress, world=world,
-            setup_seconds=setup_seconds,
+            on_epoch_end=on_epoch_end, progress=progress, world=world, stats=stats,
         )  # fmt: skip
 
 
 def load_training_data(cfg: Config) -> tuple[Data, Data | None]:
     """The prepared train split and the val split (None when there is none), memory-mapped."""
-    splits = read_manifest(cfg.paths.prepared)["splits"]
-    train = load_split(cfg.paths.prepared, "train")
-    if not splits.get("val", {}).get("count"):
+    store = PreparedStore(cfg.paths.prepared)
+    train = store.load("train")
+    if not store.count("val"):
         return (train.images, train.labels), None
-    val = load_split(cfg.paths.prepared, "val")
+    val = store.load("val")
     return (train.images, train.labels), (val.images, val.labels)
 
 
 def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_end, progress,
-                    world, setup_seconds) -> StageResult:  # fmt: skip
+                    world, stats) -> StageResult:  # fmt: skip
     train, val = load_training_data(cfg)
     if world.main:
         (folder / RECORD).unlink(missing_ok=True)  # written last: marks a complete result
@@ -84,7 +94,7 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
         model, train, val, opts, cfg.seed, checkpoint_dir=checkpoints,
         on_epoch_end=on_epoch_end, progress=progress, world=world,
     )  # fmt: skip
-    seconds = result.seconds + setup_seconds
+    seconds = result.seconds + stats.get("setup_seconds", 0.0)
     metrics = training_metrics(result.best, result.best_epoch, result.epochs, seconds)
     if not world.main:
         return StageResult(outputs={}, metrics=metrics)
@@ -100,12 +110,15 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
         "best": result.best,
         "epochs": result.epochs,
         "rollbacks": result.rollbacks,
-        "seconds": seconds,  # training and validation, plus setting up the start
-        "resumed_from": result.resumed_from,
-        "history": result.history,
+        "history": [{k: v for k, v in row.items() if k not in RUN_ONLY} for row in result.history],
         "model_sha256": sha256_file(model_dir / WEIGHTS),
     }
     write_json(folder / RECORD, record)
+    write_stats(cfg.paths.stats, stats["stage"], {
+        "seconds": seconds, "setup_seconds": stats.get("setup_seconds", 0.0),
+        "resumed_from": result.resumed_from,
+        "images_per_second": [row.get("images_per_second") for row in result.history],
+    })  # fmt: skip
     info = {k: v for k, v in record.items() if k != "history"}
     outputs = {"model": model_dir, "record": folder / RECORD}
     return StageResult(outputs=outputs, metrics=metrics, info=info)
@@ -119,6 +132,28 @@ def skip(folder: Path, record: dict[str, Any]) -> StageResult:
     write_json(folder / RECORD, record | {"trained": False})
     log.info("%s: %s", folder, record.get("reason", "not trained"))
     return StageResult(outputs={"record": folder / RECORD}, info=record | {"trained": False})
+
+
+def write_plan(folder: Path, strategy: str, reason: str, budget_epochs: int) -> None:
+    """Record the resolved strategy and its budget (rank 0 only, under torchrun)."""
+    if distributed.env_rank() == 0:
+        plan = {"strategy": strategy, "reason": reason, "budget_epochs": budget_epochs}
+        write_json(folder / PLAN, plan)
+
+
+def read_plan(folder: Path) -> dict[str, Any]:
+    """The fine-tune's resolved strategy and budget.
+
+    Raises:
+        UpstreamError: The finetune stage has not run here.
+    """
+    path = folder / PLAN
+    if not path.is_file():
+        raise UpstreamError(
+            f"{path}: no fine-tuning plan here; run 'thawline stage finetune' first (the "
+            "scratch baseline trains for the fine-tune's budget), or set scratch.epochs"
+        )
+    return read_json(path)
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:

@@ -1,0 +1,180 @@
+"""The one typed configuration, loaded from ``params.yaml``.
+
+Only this package reads YAML. Every section is a frozen pydantic model that forbids unknown keys
+(:mod:`~thawline.config.base`), so a typo stops the run with a one-line message naming the key
+and the keys that are allowed, before anything is written. ``-S key=value`` overrides go through
+the same validation. The sections' defaults equal params.yaml, the file users run (a test holds
+them together); tests start from params.yaml itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError, model_validator
+
+from thawline.config.base import Section, record_reads, unrecorded
+from thawline.config.inputs import (
+    BackboneParams,
+    DataParams,
+    ExtractParams,
+    PathsParams,
+    PrepareParams,
+)
+from thawline.config.learning import (
+    FinetuneParams,
+    HeadParams,
+    HeadSweepParams,
+    PhaseParams,
+    ScratchParams,
+)
+from thawline.config.operations import (
+    EvaluateParams,
+    FlowParams,
+    RegistryParams,
+    RetrainParams,
+    TrackingParams,
+)
+from thawline.errors import ConfigError
+from thawline.files import atomic_path
+
+__all__ = [
+    "BackboneParams", "Config", "ConfigError", "DataParams", "EvaluateParams", "ExtractParams",
+    "FinetuneParams", "FlowParams", "HeadParams", "HeadSweepParams", "PathsParams",
+    "PhaseParams", "PrepareParams", "RegistryParams", "RetrainParams", "ScratchParams",
+    "TrackingParams", "config_from_dict", "dump_config", "load_config", "record_reads",
+    "write_overrides",
+]  # fmt: skip
+
+
+class Config(Section):
+    """The whole of ``params.yaml``."""
+
+    seed: int = 42
+    paths: PathsParams = PathsParams()
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+    backbone: BackboneParams = BackboneParams()
+    extract: ExtractParams = ExtractParams()
+    head: HeadParams = HeadParams()
+    finetune: FinetuneParams = FinetuneParams()
+    scratch: ScratchParams = ScratchParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+    registry: RegistryParams = RegistryParams()
+    flow: FlowParams = FlowParams()
+    retrain: RetrainParams = RetrainParams()
+
+    @model_validator(mode="after")
+    def _placed(self) -> Config:
+        self.place("")  # every section learns its key, for record_reads
+        return self
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Load and validate ``params.yaml`` with optional ``key.sub=value`` overrides.
+
+    Args:
+        path: The params file.
+        overrides: Items like ``extract.batch_size=32``; values are parsed as YAML scalars.
+
+    Returns:
+        The validated, frozen config.
+
+    Raises:
+        ConfigError: One line naming the file, the key and what is allowed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "params") -> Config:
+    """Validate a plain dict (as read from YAML) into a :class:`Config`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_one_line(err)}") from None
+
+
+def write_overrides(path: str | Path, overrides: list[str]) -> Config:
+    """Validate ``overrides`` against ``path``, then write them into it, keeping its comments.
+
+    This is what ``dvc exp run -S`` does to the workspace's params file: DVC reads params from
+    the file, so a flow run with overrides must put them there for DVC to see them.
+
+    Raises:
+        ConfigError: As :func:`load_config`; the file is then left untouched.
+    """
+    from ruamel.yaml import YAML  # round-trip: comments and key order survive
+
+    cfg = load_config(path, overrides)
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.representer.add_representer(  # keep `null` as written, not an empty value
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    doc = rt.load(Path(path).read_text()) or {}
+    for item in overrides:
+        _apply_override(doc, item)
+    with atomic_path(Path(path)) as tmp, open(tmp, "w") as f:
+        rt.dump(doc, f)
+    return cfg
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+        raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. extract.batch_size=32")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{item}': '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _one_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        section = _section_model(first["loc"][:-1])
+        allowed = ", ".join(section.model_fields) if section else "?"
+        return f"unknown key '{key}'; allowed here: {allowed}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if "." in msg.split(":", 1)[0]:  # our validators already start with the key they check
+        return msg
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{key}: {msg}{shown}"
+
+
+def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def dump_config(cfg: Config) -> dict[str, Any]:
+    """The config as plain JSON-able data, for logs and tracking: provenance, not a read of
+    any param (:func:`~thawline.config.base.record_reads` does not count it)."""
+    with unrecorded():
+        return cfg.model_dump(mode="json")

@@ -1,0 +1,213 @@
+"""The evaluation outputs on disk: their names, layout, writers and readers.
+
+``paths.evaluation`` holds, for the model ``evaluate`` chose::
+
+    metrics.json              flat scalars for ``dvc metrics``: accuracy, macro_f1, ece, loss
+                              (+ roc_auc, sensitivity, specificity for two classes); written last
+    summary.json              model, why it was chosen, split + fingerprint, metrics, history
+    per_class.json            precision, recall, F1 and support per class
+    confusion_matrix.json     classes and counts [actual][predicted]
+    most_confused.json        the largest off-diagonal confusion cells
+    predictions.safetensors   labels, pred, correct, probs + split fingerprint (the champion gate)
+    plots/predictions.csv     actual,predicted class names (DVC's confusion template)
+    plots/calibration.csv     reliability bins: confidence, accuracy, count
+    plots/history.csv         the model's training history, one row per epoch
+    plots/roc.csv             two classes only: fpr, tpr
+    confusion_matrix.png  reliability.png  curves.png  gallery.png  roc.png (two classes)
+    compare/<model>/          metrics.json and summary.json of every evaluated model
+
+and ``paths.registration`` the register stage's decision. This module alone knows these names;
+the evaluate and register stages, the report and the flows' summaries write and read through it.
+Nothing here is a run statistic: evaluating the same models gives the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thawline.evaluation.metrics import Evaluation
+from thawline.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_reliability,
+    plot_roc,
+    plot_top_losses,
+    plot_training_curves,
+)
+from thawline.evaluation.predictions import PREDICTIONS, save_predictions
+from thawline.files import atomic_path, read_json, remove_stale_temps, write_json
+
+METRICS, SUMMARY, COMPARE, PLOTS = "metrics.json", "summary.json", "compare", "plots"
+TABLES = ("per_class", "most_confused")
+FIGURES = ("confusion_matrix", "reliability", "curves", "roc", "gallery")
+__all__ = ["COMPARE", "METRICS", "PREDICTIONS", "SUMMARY", "write_evaluation"]
+
+
+def begin(folder: Path) -> None:
+    """Make ``folder`` ready for a new evaluation: until ``metrics.json`` is written again, the
+    folder holds no complete evaluation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)
+    (folder / METRICS).unlink(missing_ok=True)
+
+
+def write_evaluation(
+    folder: Path,
+    evaluation: Evaluation,
+    scored: tuple[np.ndarray, np.ndarray],
+    summary: dict[str, Any],
+    history: list[dict],
+    gallery_images: np.ndarray | None,
+) -> None:
+    """Every file of the chosen model's evaluation, ``metrics.json`` last (see :func:`begin`).
+
+    Args:
+        scored: The split's labels ``[N]`` and the model's probabilities ``[N, C]``.
+        summary: Must hold ``model``, ``split``, ``split_fingerprint``, ``classes`` and
+            ``details.weights_sha256``: the predictions file the champion gate pairs names them.
+        history: The model's training history (``plots/history.csv``, ``curves.png``).
+        gallery_images: The split's images for the top-loss gallery (None: no gallery).
+    """
+    labels, probs = scored
+    classes = summary["classes"]
+    meta = {k: summary[k] for k in ("split", "split_fingerprint", "model")}
+    meta["weights_sha256"] = summary["details"]["weights_sha256"]
+    save_predictions(folder / PREDICTIONS, labels, evaluation.pred, probs, meta)
+    write_json(folder / "per_class.json", evaluation.per_class)
+    write_json(folder / "confusion_matrix.json",
+               {"classes": classes, "matrix": evaluation.confusion.tolist()})  # fmt: skip
+    write_json(folder / "most_confused.json", evaluation.most_confused)
+    _write_plot_data(folder / PLOTS, evaluation, labels, history, classes)
+    _write_pngs(folder, evaluation, scored, history, classes, gallery_images)
+    write_json(folder / SUMMARY, summary)
+    write_json(folder / METRICS, evaluation.scalars)
+
+
+def write_comparison(folder: Path, rows: dict[str, tuple[dict, dict]]) -> None:
+    """``compare/<model>/{metrics,summary}.json`` for every evaluated model, and no others."""
+    compare = folder / COMPARE
+    shutil.rmtree(compare, ignore_errors=True)  # a model that is no longer trained has no row
+    for name, (metrics, summary) in rows.items():
+        write_json(compare / name / SUMMARY, summary)
+        write_json(compare / name / METRICS, metrics)
+
+
+def has_evaluation(folder: Path) -> bool:
+    return (Path(folder) / METRICS).is_file()
+
+
+def read_metrics(folder: Path) -> dict[str, float]:
+    """The chosen model's ``metrics.json`` (``{}`` when there is no evaluation)."""
+    return _read(Path(folder) / METRICS)
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    return _read(Path(folder) / SUMMARY)
+
+
+def comparison_folder(folder: Path, model: str) -> Path:
+    """Where ``evaluate`` scores ``model``: ``compare/<model>/`` under the evaluation folder."""
+    return Path(folder) / COMPARE / model
+
+
+def read_scored(folder: Path) -> tuple[dict, dict] | None:
+    """``(metrics, summary)`` of a scored folder (a comparison folder, or the evaluation folder
+    itself for the chosen model), or None when nothing was scored there."""
+    if not (Path(folder) / METRICS).is_file():
+        return None
+    return read_json(Path(folder) / METRICS), _read(Path(folder) / SUMMARY)
+
+
+def read_table(folder: Path, name: str) -> Any:
+    """One of the chosen model's tables: ``per_class`` or ``most_confused`` (None if absent)."""
+    if name not in TABLES:
+        raise ValueError(f"no evaluation table '{name}'; tables: {TABLES}")
+    path = Path(folder) / f"{name}.json"
+    return read_json(path) if path.is_file() else None
+
+
+def predictions_path(folder: Path) -> Path:
+    return Path(folder) / PREDICTIONS
+
+
+def figure_path(folder: Path, name: str) -> Path:
+    """The PNG of figure ``name`` (one of ``FIGURES``), which may not exist (roc: two classes)."""
+    return Path(folder) / f"{name}.png"
+
+
+def write_registration(path: Path, record: dict[str, Any]) -> None:
+    write_json(path, record)
+
+
+def read_registration(path: Path) -> dict[str, Any]:
+    """The register stage's decision (``{}`` before any registration)."""
+    return _read(Path(path))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_plot_data(folder: Path, ev: Evaluation, labels, history: list[dict], classes):
+    """CSV files for ``dvc plots``; a file that does not apply to this run is removed."""
+    pairs = [[classes[a], classes[p]] for a, p in zip(labels, ev.pred, strict=True)]
+    _write_csv(folder / "predictions.csv", ["actual", "predicted"], pairs)
+    calib = ev.calibration
+    _write_csv(
+        folder / "calibration.csv",
+        ["bin", "lower", "upper", "confidence", "accuracy", "count"],
+        [
+            [b, calib.edges[b], calib.edges[b + 1], calib.confidence[b], calib.accuracy[b], n]
+            for b, n in enumerate(calib.count.tolist())
+            if n > 0  # an empty bin has no accuracy to plot
+        ],
+    )
+    keys = list(dict.fromkeys(["epoch", *(k for row in history for k in row)]))
+    _write_csv(folder / "history.csv", keys, [[row.get(k, "") for k in keys] for row in history])
+    if ev.roc is None:
+        (folder / "roc.csv").unlink(missing_ok=True)
+    else:
+        points = zip(ev.roc.fpr, ev.roc.tpr, strict=True)
+        _write_csv(folder / "roc.csv", ["fpr", "tpr"], [list(p) for p in points])
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[_cell(v) for v in row] for row in rows])
+    with atomic_path(path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.6g}"
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _write_pngs(out: Path, ev: Evaluation, scored, history, classes, images) -> None:
+    labels, probs = scored
+    plot_confusion_matrix(ev.confusion, classes, out / "confusion_matrix.png")
+    plot_reliability(ev.calibration, out / "reliability.png")
+    plot_training_curves(history, out / "curves.png")
+    if ev.roc is None:
+        (out / "roc.png").unlink(missing_ok=True)
+    else:
+        plot_roc(ev.roc, out / "roc.png", positive=classes[1])
+    if len(ev.top_losses) == 0 or images is None:
+        (out / "gallery.png").unlink(missing_ok=True)
+        return
+    titles = [
+        f"true: {classes[labels[i]]}\npred: {classes[ev.pred[i]]} (p={probs[i, ev.pred[i]]:.2f})"
+        for i in ev.top_losses
+    ]
+    plot_top_losses(images[ev.top_losses], titles, out / "gallery.png")
