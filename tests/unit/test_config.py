@@ -44,6 +44,22 @@ def test_overrides_are_validated_like_the_file(tmp_path):
         load_config(params, ["extract.batch_size"])
 
 
+def test_overrides_take_yaml_and_dvc_s_hydra_form_alike(tmp_path):
+    """The Makefile's `make full` profile, written for `dvc exp run -S`, works with thawline -S."""
+    hydra = "finetune.phases=[{groups:3,epochs:1,lr:0.001},{groups:-1,epochs:8,lr:0.001}]"
+    spaced = (
+        "finetune.phases=[{groups: 3, epochs: 1, lr: 0.001}, {groups: -1, epochs: 8, lr: 0.001}]"
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "finetune:\n  strategy: custom\n  phases: [{groups: 0, epochs: 1, lr: 0.001}]\n"
+    )
+    one, two = (load_config(params, [item]).finetune.phases for item in (hydra, spaced))
+    assert one == two and one[1].groups == -1 and one[1].epochs == 8
+    backbone = load_config(params, ["backbone={name:timm:resnet18,weights:none}"]).backbone
+    assert backbone.name == "timm:resnet18" and backbone.weights == "none"
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="params file not found"):
         load_config(tmp_path / "nope.yaml")

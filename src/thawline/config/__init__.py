@@ -79,7 +79,8 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
 
     Args:
         path: The params file.
-        overrides: Items like ``extract.batch_size=32``; values are parsed as YAML scalars.
+        overrides: Items like ``extract.batch_size=32``; values are YAML, or Hydra's form as
+            ``dvc exp run -S`` takes it (``[{groups:3,lr:0.001}]``).
 
     Returns:
         The validated, frozen config.
@@ -144,7 +145,22 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    node[parts[-1]] = override_value(value)
+
+
+# Hydra's (and so `dvc exp run -S`'s) flow mappings need no space after a key's colon:
+# `{groups:3,lr:0.001}`. YAML reads that as a key "groups:3"; a space after each such colon makes
+# the same text mean the same thing to both, so the Makefile's profile works with `thawline -S`.
+_HYDRA_KEY = re.compile(r"([{,]\s*[A-Za-z_]\w*):(?=\S)")
+
+
+def override_value(value: str) -> Any:
+    """The value of a ``-S key=value`` override: YAML, or Hydra's form of lists and mappings."""
+    if not value.strip():
+        return None
+    if value.lstrip().startswith(("[", "{")):
+        value = _HYDRA_KEY.sub(r"\1: ", value)
+    return yaml.safe_load(value)
 
 
 def _one_line(err: ValidationError) -> str:
