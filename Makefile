@@ -29,6 +29,7 @@ data:
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	@$(BIN)/thawline summary
 
 # The longer fine-tuning profile of docs/benchmarks.md, as a DVC experiment on top of `make run`'s
 # pipeline: the top 3 layer groups for 1 epoch, then all of them for 8 (>= 0.94 test accuracy;

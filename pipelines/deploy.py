@@ -9,8 +9,11 @@ runs them in this process when they are due. ``prefect deployment ls`` lists the
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from cronsim import CronSim
 from prefect import serve as prefect_serve
 from prefect.schedules import Cron
 
@@ -40,7 +43,24 @@ def deployments(params: Path, cfg: Config) -> list:
     ]
 
 
+def schedule_lines(cfg: Config, now: datetime | None = None) -> list[str]:
+    """One line per deployment: its name, cron, time zone and next run time."""
+    zone = ZoneInfo(cfg.flow.timezone)
+    now = (now or datetime.now(zone)).astimezone(zone)
+    lines = []
+    for name, cron in (("thawline-training", cfg.flow.cron),
+                       ("thawline-retrain", cfg.flow.retrain_cron)):  # fmt: skip
+        due = next(CronSim(cron, now))
+        lines.append(
+            f"{name}: cron '{cron}' ({cfg.flow.timezone}), next run {due:%Y-%m-%d %H:%M %Z}"
+        )
+    return lines
+
+
 def serve(params: str = "params.yaml") -> None:
     """Register both deployments and run them on schedule until interrupted."""
     path = Path(params).resolve()
-    prefect_serve(*deployments(path, load_config(path)))
+    cfg = load_config(path)
+    for line in schedule_lines(cfg):
+        print(f"thawline: serving {line}", flush=True)
+    prefect_serve(*deployments(path, cfg))

@@ -16,15 +16,17 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import sys
 import time
 import traceback
 
 from thawline import __version__
-from thawline.config import ConfigError, dump_config, load_config
+from thawline.config import ConfigError, dump_config, load_config, record_reads
 from thawline.errors import CRASH, ThawlineError
 from thawline.stage_status import StageStatus, rank_reports, write_status
 from thawline.stage_table import NAMES, STAGES, StageResult, stage
+from thawline.torchrun_env import env_rank, under_torchrun
 
 EPILOG = "exit codes: 0 done, 1 a stage failed, 2 bad input or config, 3 a crash"
 
@@ -54,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "report", parents=[common], help="write the HTML report of the latest run (paths.report)"
     )
+    sub.add_parser(
+        "summary", parents=[common],
+        help="each model's test accuracy, the champion and where to look next (make run ends "
+        "with it)",
+    )  # fmt: skip
     from thawline.predict import add_predict_arguments
 
     add_predict_arguments(
@@ -73,6 +80,10 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "-p", "--params", default="params.yaml", help="params file (default: params.yaml)"
     )
+    common.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also show the INFO logs of the libraries (MLflow, Prefect, matplotlib)",
+    )  # fmt: skip
     common.add_argument(
         "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a param, e.g. -S extract.batch_size=16 (repeatable, validated)",
@@ -103,8 +114,7 @@ def _add_stage_command(sub, common: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's API calls, one line each
+    quiet_libraries(verbose=getattr(args, "verbose", False))
     what = getattr(args, "name", args.command)
     status = StageStatus(what, 0)
     try:
@@ -119,10 +129,30 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         status = StageStatus(what, CRASH, f"{type(err).__name__}: {err}")
     if args.command == "stage":
-        from thawline import distributed  # imports torch: not for config, flow or --help
-
-        write_status(status, distributed.env_rank() if distributed.under_torchrun() else None)
+        write_status(status, env_rank() if under_torchrun() else None)
     return status.exit_code
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """thawline's own INFO lines; the libraries' only with ``--verbose``.
+
+    Without it MLflow's store migrations and "Validating input example", matplotlib's font cache,
+    MLflow's carriage-return download bar and the per-request lines of Prefect's HTTP client
+    stay out of the way (a flow's own logs are Prefect's to show).
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("thawline").setLevel(logging.INFO)
+    if not verbose:
+        for noisy in ("mlflow", "alembic", "matplotlib", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # set when mlflow is imported
+    # Prefect's usage analytics: a fresh ~/.prefect printed a 100-line telemetry traceback.
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _dispatch(args: argparse.Namespace) -> StageStatus:
@@ -140,6 +170,11 @@ def _dispatch(args: argparse.Namespace) -> StageStatus:
     if args.command == "config":
         print(json.dumps(dump_config(cfg), indent=2))
         return StageStatus(what, 0)
+    if args.command == "summary":
+        from thawline.run_summary import summary_lines
+
+        print("\n".join(summary_lines(cfg)))
+        return StageStatus(what, 0)
     if args.command == "report":
         from thawline.reporting.html import write_report
 
@@ -149,16 +184,16 @@ def _dispatch(args: argparse.Namespace) -> StageStatus:
 
 
 def _stage(cfg, args: argparse.Namespace) -> StageStatus:
-    from thawline import distributed  # imports torch: not for config, flow or --help
-
-    if distributed.env_rank() != 0:  # under torchrun rank 0 speaks for all; others warn
+    if env_rank() != 0:  # under torchrun rank 0 speaks for all; others warn
         logging.getLogger().setLevel(logging.WARNING)
     section = stage(args.name).nproc_section
     nproc = getattr(cfg, section).nproc if section else 1
-    if nproc > 1 and not distributed.under_torchrun():
+    if nproc > 1 and not under_torchrun():
+        from thawline import distributed  # imports torch: not for config, --help or a skip
+
         with rank_reports(args.name) as status_of:
             return status_of(distributed.launch(stage_argv(args), nproc))
-    result = run_stage(cfg, args.name, progress=not args.quiet and sys.stderr.isatty())
+    result = run_stage(cfg, args.name, progress=not args.quiet)  # plain lines off a terminal
     return StageStatus(args.name, 0, metrics=dict(result.metrics))
 
 
@@ -201,11 +236,13 @@ def run_flow(args: argparse.Namespace) -> int:
 
 def run_stage(cfg, name: str, progress: bool) -> StageResult:
     """Run one stage inside its MLflow run; epoch metrics reach MLflow through callbacks."""
-    from thawline import distributed
-
     module = importlib.import_module(stage(name).module)
-    if distributed.env_rank() != 0:  # under torchrun only rank 0 tracks and reports
+    if env_rank() != 0:  # under torchrun only rank 0 tracks and reports
         return module.run(cfg, progress=False)
+    if not stage(name).enabled(cfg):  # it records why, and nothing goes to MLflow
+        result = module.run(cfg, progress=False)
+        print(f"thawline: {name} skipped: {stage(name).enabled_by} is false", file=sys.stderr)
+        return result
     from thawline.tracking import mlflow_errors, stage_run
 
     accepted = inspect.signature(module.run).parameters
@@ -216,11 +253,14 @@ def run_stage(cfg, name: str, progress: bool) -> StageResult:
             "on_candidate": getattr(tracker, "log_candidate", None),
         }
         kwargs = {k: v for k, v in callbacks.items() if k in accepted and v is not None}
-        result = module.run(cfg, progress=progress, **kwargs)
+        with record_reads() as reads:
+            result = module.run(cfg, progress=progress, **kwargs)
+        tracker.log_read_params(cfg, reads)
         tracker.log_result(result)
     seconds = time.perf_counter() - started
     metrics = ", ".join(f"{k}={v:g}" for k, v in result.metrics.items())
-    print(f"thawline: {name} done in {seconds:.1f}s ({metrics})", file=sys.stderr)
+    print(f"thawline: {name} done in {seconds:.1f}s" + (f" ({metrics})" if metrics else ""),
+          file=sys.stderr)  # fmt: skip
     return result
 
 

@@ -24,18 +24,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from thawline.torchrun_env import env_rank, under_torchrun  # noqa: F401 (callers use both)
+
 log = logging.getLogger(__name__)
 # A rank that is still working (a big shard, a slow disk) must not make the others give up.
 TIMEOUT = timedelta(minutes=60)
-
-
-def env_rank() -> int:
-    """This process's global rank as torchrun set it (0 outside torchrun)."""
-    return int(os.environ.get("RANK", 0))
-
-
-def under_torchrun() -> bool:
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 @dataclass(frozen=True)

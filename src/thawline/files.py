@@ -13,10 +13,10 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:  # torch costs about a second to import; the config and --help never need it
+    import torch
 
 
 @contextlib.contextmanager
@@ -56,6 +56,8 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     Read the metadata back with :func:`tensor_metadata`.
     """
+    from safetensors.torch import save_file
+
     packed = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=packed)
@@ -84,6 +86,8 @@ def tensors_sha256(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     """sha256 over each tensor's name and bytes, in the order given: a shard's contents (sorted
     names, stored in its header), a backbone's weights (state-dict order, in the feature
     fingerprint), what a fine-tune starts from (its checkpoint series' name)."""
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in named:
         h.update(name.encode())

@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from thawline.data.images import BadImageError, is_image_file
-from thawline.errors import BAD_INPUT
+from thawline.errors import BAD_INPUT, BadImageError
 from thawline.files import atomic_path
 
 DEFAULT_MODEL = "models:/thawline@champion"
@@ -27,6 +26,8 @@ def image_files(paths: list[Path]) -> list[Path]:
     Raises:
         BadImageError: A path that does not exist.
     """
+    from thawline.data.images import is_image_file  # torchvision: not for --help
+
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():

@@ -25,6 +25,14 @@ class Stage:
     model: str | None = None  # the model it trains, as evaluate and the report name it
     baseline: bool = False  # a model that is compared, never chosen or registered
     builds_on: tuple[str, ...] = ()  # earlier stages its model needs (the report's total time)
+    enabled_by: str | None = None  # a boolean param; when false the stage only records that
+
+    def enabled(self, cfg: Any) -> bool:
+        """Whether ``cfg`` asks for this stage (a disabled one opens no MLflow run)."""
+        if self.enabled_by is None:
+            return True
+        section, key = self.enabled_by.split(".")
+        return bool(getattr(getattr(cfg, section), key))
 
     @property
     def module(self) -> str:
@@ -42,7 +50,7 @@ STAGES = (
           nproc_section="finetune", model="finetuned", builds_on=("extract", "train_head")),
     Stage("scratch", "the from-scratch baseline with the fine-tune's budget, when "
           "scratch.enabled", "scratch", nproc_section="finetune", model="scratch",
-          baseline=True),
+          baseline=True, enabled_by="scratch.enabled"),
     Stage("evaluate", "score every trained model on the pinned test split; the best by "
           "validation accuracy gets the full metrics, plots and predictions", "evaluation"),
     Stage("register", "log the complete model to MLflow; move 'champion' only through the gate",
@@ -82,8 +90,12 @@ class StageResult:
 def training_metrics(
     best: dict[str, float], best_epoch: int, epochs: int, seconds: float
 ) -> dict[str, float]:
-    """The headline metrics of a training stage: the best epoch's val_* metrics and timings."""
-    metrics = {k: v for k, v in best.items() if k.startswith("val_")}
+    """The headline metrics of a training stage: the best epoch's val_* metrics and timings.
+
+    The best epoch's values are named ``best_val_*``: under the per-epoch name they would land at
+    step 0 of the epoch curve in MLflow and draw a dip that never happened.
+    """
+    metrics = {f"best_{k}": v for k, v in best.items() if k.startswith("val_")}
     return metrics | {
         "best_epoch": float(best_epoch),
         "epochs": float(epochs),

@@ -95,3 +95,48 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
     third = dvc(repo, "repro")
     assert "Running stage 'extract'" in third
     assert "Running stage 'prepare'" not in third
+
+
+def test_experiments_in_temp_copies_land_in_the_project_store(tmp_path):
+    """``dvc exp run --temp`` and a queued sweep run in throw-away copies under .dvc/tmp/exps;
+    with the default relative store their runs and versions used to vanish with the copy."""
+    from mlflow import MlflowClient
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["limit_per_class"] = 10
+    params["extract"]["image_size"] = 32
+    params["head"]["epochs"] = 3
+    params["scratch"]["enabled"] = False
+    assert params["tracking"]["uri"] is None  # the default: sqlite:///mlflow.db in the project
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (repo / ".gitignore").write_text("mlflow.db*\nmlruns/\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc(repo, "init", "-q")
+    dvc(repo, "config", "core.analytics", "false")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the project's default store decides
+    dvc(repo, "repro")
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=os.environ | GIT_ENV)
+    subprocess.run(["git", "commit", "-qm", "base"], cwd=repo, check=True, env=os.environ | GIT_ENV)
+
+    dvc(repo, "exp", "run", "--temp", "-n", "solo", "-S", "head.lr=0.003")
+    for lr in ("0.002", "0.004"):
+        dvc(repo, "exp", "run", "--queue", "-S", f"head.lr={lr}")
+    dvc(repo, "exp", "run", "--run-all")
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("thawline")
+    heads = client.search_runs([experiment.experiment_id], "tags.`thawline.stage` = 'train_head'")
+    assert sorted(r.data.params["head.lr"] for r in heads) == ["0.001", "0.002", "0.003", "0.004"]
+    versions = client.search_model_versions("name = 'thawline'")
+    named = {v.tags.get("thawline.experiment") for v in versions}
+    assert "solo" in named and len(named - {None}) == 3  # the sweep's two have DVC's names
+    # Only the workspace's `dvc repro` moved the aliases; experiments only recorded a verdict.
+    model = client.get_registered_model("thawline")
+    first = min(int(v.version) for v in versions)
+    assert {k: int(v) for k, v in model.aliases.items()} == {"champion": first, "challenger": first}
+    assert all("thawline.experiment_gate" in v.tags for v in versions if int(v.version) != first)
+    assert not list((repo / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))

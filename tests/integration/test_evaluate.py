@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -107,10 +108,12 @@ def is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == PNG_MAGIC
 
 
-def test_evaluate_head_on_ten_classes(ten_classes, tmp_path):
+def test_evaluate_head_on_ten_classes(ten_classes, tmp_path, caplog):
     cfg = with_paths(ten_classes, tmp_path, gallery_size=6, confused_top=5)
     history = fit_quick_head(cfg, 10)
-    result = evaluate.run(cfg, progress=False)
+    with caplog.at_level(logging.WARNING):
+        result = evaluate.run(cfg, progress=False)
+    assert "test examples, so accuracy is known to within" in caplog.text  # a tiny test split
     out = cfg.paths.evaluation
     assert result.outputs == {"evaluation": out}
 
@@ -133,10 +136,14 @@ def test_evaluate_head_on_ten_classes(ten_classes, tmp_path):
     assert saved.pred.tolist() == saved.probs.argmax(axis=1).tolist()
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"accuracy", "macro_f1", "ece", "loss"}
-    # MLflow also gets each model's headline figures (the comparison); here the head only
-    assert result.metrics == metrics | {"head_only_accuracy": metrics["accuracy"],
-                                        "head_only_train_seconds": pytest.approx(0.5)}  # fmt: skip
+    assert set(metrics) == {"accuracy", "macro_f1", "ece", "loss", "head_only_accuracy",
+                            "examples", "accuracy_ci_low", "accuracy_ci_high"}  # fmt: skip
+    # Every model's test accuracy (dvc metrics diff compares strategies); here the head only
+    assert metrics["head_only_accuracy"] == metrics["accuracy"]
+    assert metrics["examples"] == len(saved.labels)
+    assert metrics["accuracy_ci_low"] < metrics["accuracy"] < metrics["accuracy_ci_high"]
+    # MLflow also gets each model's training time, which is not a metric of the model
+    assert result.metrics == metrics | {"head_only_train_seconds": pytest.approx(0.5)}
     assert metrics["accuracy"] == pytest.approx(saved.correct.mean())
     assert metrics["accuracy"] > 0.3  # well above chance (0.1): the head and rows line up
     head, _ = load_head(cfg.paths.head)
@@ -194,6 +201,7 @@ def test_two_classes_get_roc_auc_sensitivity_specificity(two_classes, tmp_path):
     assert metrics["roc_auc"] > 0.5
     assert set(json.loads((cfg.paths.evaluation / "metrics.json").read_text())) == {
         "accuracy", "macro_f1", "ece", "loss", "roc_auc", "sensitivity", "specificity",
+        "head_only_accuracy", "examples", "accuracy_ci_low", "accuracy_ci_high",
     }  # fmt: skip
     assert is_png(cfg.paths.evaluation / "roc.png")
     assert (cfg.paths.evaluation / "plots" / "roc.csv").read_text().startswith("fpr,tpr\n")

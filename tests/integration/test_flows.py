@@ -225,7 +225,9 @@ def test_serve_registers_both_deployments_with_their_schedules(project, tmp_path
     server = [str(VENV_BIN / "prefect"), "server", "start", "--port", str(port)]
     with background_server(server, f"{api}/health", tmp_path, env):
         serve = [str(VENV_BIN / "thawline"), "flow", "serve", "-p", str(project / "params.yaml")]
-        with background_server(serve, f"{api}/health", tmp_path, env):
+        # thawline turns Prefect's analytics off itself (a fresh home printed a telemetry trace)
+        own = {k: v for k, v in env.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+        with background_server(serve, f"{api}/health", tmp_path, own):
             listed, deadline = "", time.monotonic() + 120
             while "thawline-retrain" not in listed and time.monotonic() < deadline:
                 time.sleep(2)
@@ -235,3 +237,6 @@ def test_serve_registers_both_deployments_with_their_schedules(project, tmp_path
                        "thawline-training/thawline-training", env=env)  # fmt: skip
             cron = load_config(project / "params.yaml").flow.cron
             assert cron in shown, shown
+            said = (tmp_path / "thawline-flow.log").read_text()
+            assert f"thawline: serving thawline-training: cron '{cron}' (" in said, said
+            assert "next run 20" in said and "Traceback" not in said, said

@@ -5,6 +5,8 @@ tests/reliability/test_registry.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from mlflow.exceptions import MlflowException
@@ -94,6 +96,29 @@ def test_without_tracking_the_model_is_saved_but_not_registered(pipeline, tmp_pa
     pipeline.use("good", cfg)
     result = register.run(cfg, progress=False)
     assert read_json(cfg.paths.registration)["registered"] is False
-    assert result.metrics == {"version": 0.0, "promoted": 0.0}
+    assert result.metrics == {}  # the version and the verdict are never metrics to chart
     assert (cfg.paths.model / "model.safetensors").is_file()
     assert not (tmp_path / "unused").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_moved_project_still_predicts_from_its_registry(pipeline, scenario, tmp_path):
+    """MLflow records absolute artifact URIs; after ``mv project project2`` predict used to fail
+    with ``No such artifact: ''``. The artifact folder is found again beside the database."""
+    project = Path(pipeline.cfg.tracking.artifacts).parent
+    test = load_split(pipeline.cfg.paths.prepared, "test")
+    image = tmp_path / "one.png"
+    image.write_bytes(png_bytes(test.images[0]))
+    moved = project.with_name(project.name + "-moved")
+    project.rename(moved)
+    try:
+        uri = f"sqlite:///{moved / 'mlflow.db'}"
+        rows = predict_paths(f"models:/{NAME}@champion", [image], tracking_uri=uri)
+        assert rows[0]["label"] in read_manifest(pipeline.cfg.paths.prepared)["classes"]
+        (moved / "mlruns").rename(moved / "elsewhere")
+        try:
+            with pytest.raises(RegistryError, match=r"artifact missing: not at .*mlruns.* nor at"):
+                predict_paths(f"models:/{NAME}@champion", [image], tracking_uri=uri)
+        finally:
+            (moved / "elsewhere").rename(moved / "mlruns")
+    finally:
+        moved.rename(project)

@@ -60,13 +60,18 @@ def test_stage_runs_log_everything_under_one_parent(cfg, tmp_path):
     assert train.data.tags["mlflow.parentRunId"] == evaluate.data.tags["mlflow.parentRunId"]
     assert train.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.info.status == "FINISHED" and parent.data.params["head.lr"] == "0.003"
-    # Flattened params, per-epoch metrics, provenance tags.
-    assert train.data.params["head.lr"] == "0.003"
-    assert train.data.params["extract.layers"] == "[]"
-    assert train.data.params["paths.prepared"] == str(cfg.paths.prepared)
+    # The whole config on the parent; a stage run gets the params its stage reads from the CLI
+    # (test_stage_params_are_the_ones_it_reads).
+    assert train.data.params == {}
     client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI
     history = client.get_metric_history(train.info.run_id, "train_loss")
     assert [(m.step, round(m.value, 3)) for m in history] == [(1, 1.0), (2, 0.5), (3, 0.333)]
+    # The final value never lands at step 0 of the epoch curve (a fake dip in the chart).
+    curve = client.get_metric_history(train.info.run_id, "val_accuracy")
+    assert [m.step for m in curve] == [1, 2, 3]
+    assert train.data.metrics["final_val_accuracy"] == 0.8
     tags = train.data.tags
     assert tags["thawline.stage"] == "train_head"
     assert tags["thawline.backbone"] == "timm:tf_efficientnet_lite0"
@@ -174,10 +179,25 @@ def test_a_real_tracking_server_via_mlflow_tracking_uri(prepared_small, tmp_path
         client = MlflowClient(tracking_uri=base)
         run = client.get_run(run_id)
         assert run.info.status == "FINISHED" and run.data.metrics == {"val_accuracy": 0.75, "a": 1}
-        assert run.data.params["head.lr"] == "0.001"
         parent = client.get_run(run.data.tags["mlflow.parentRunId"])
         assert parent.data.tags["thawline.role"] == "pipeline"
+        assert parent.data.params["head.lr"] == "0.001"
         assert "evaluation/metrics.json" in {
             a.path for a in client.list_artifacts(run_id, "evaluation")
         }
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default local store
+
+
+def test_stage_params_are_the_ones_it_reads(cfg, tmp_path):
+    from thawline.cli import run_stage
+
+    store = tmp_path / "store"
+    tried = small_config(
+        tmp_path / "own",
+        tracking={"uri": f"sqlite:///{store / 'mlflow.db'}", "artifacts": str(store / "mlruns")},
+    )
+    run_stage(tried, "prepare", progress=False)
+    params = runs_by_name(cfg)["prepare"].data.params
+    assert params["prepare.val_fraction"] == str(cfg.prepare.val_fraction)
+    assert {key.split(".")[0] for key in params} <= {"data", "prepare", "paths", "seed"}
+    assert "head.lr" not in params and len(params) < 30  # it was the whole config: 97

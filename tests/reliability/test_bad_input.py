@@ -7,6 +7,7 @@ Errors name the file; in skip mode a bad file is excluded, counted and listed in
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 from tests.conftest import small_config, write_folder
 from thawline.data.images import BadImageError, decode_image, square_uint8
 from thawline.data.store import load_split, read_manifest
-from thawline.errors import SourceError
+from thawline.errors import InputError, SourceError
 from thawline.stages import prepare
 
 
@@ -215,3 +216,33 @@ def test_cross_split_duplicates_reported_and_dropped(tmp_path, fashion_mnist_arr
         ]
         assert manifest["splits"]["train"]["count"] == train_count
         assert manifest["splits"]["test"]["count"] == 31
+
+
+# Silent data problems a small folder brings
+
+
+def test_a_class_with_one_image_is_reported_as_unmeasured(tmp_path, fashion_mnist_arrays, caplog):
+    images, labels = fashion_mnist_arrays
+    root = tmp_path / "photos"
+    write_folder(root, images[:60], labels[:60])
+    (root / "rare").mkdir()
+    Image.fromarray(images[60]).save(root / "rare" / "only.png")
+    cfg = small_config(tmp_path, data={"source": "imagefolder", "root": str(root)},
+                       prepare={"limit_per_class": None})  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        prepare.run(cfg, progress=False)
+    manifest = read_manifest(cfg.paths.prepared)
+    assert manifest["classes_without_examples"]["test"] == ["rare"]
+    assert "have no test images" in caplog.text and "rare" in caplog.text
+
+
+def test_mixed_sizes_without_image_size_are_refused(tmp_path, fashion_mnist_arrays):
+    images, labels = fashion_mnist_arrays
+    root = tmp_path / "photos"
+    write_folder(root, images[:60], labels[:60])  # 28x28, the first images of every class
+    Image.fromarray(images[61]).resize((40, 32)).save(root / "c" / "zz_wide.png")
+    cfg = small_config(tmp_path, data={"source": "imagefolder", "root": str(root)},
+                       prepare={"limit_per_class": None, "image_size": None})  # fmt: skip
+    with pytest.raises(InputError, match=r"images differ in size \(28x28: 60, 32x40: 1\)"):
+        prepare.run(cfg, progress=False)
+    assert not (cfg.paths.prepared / "manifest.json").exists()  # nothing half-written

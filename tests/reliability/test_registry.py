@@ -60,6 +60,20 @@ def test_champion_moves_only_through_the_gate(pipeline, scenario):
     run = client(pipeline.cfg).get_run(mv.run_id)
     assert run.data.tags["thawline.stage"] == "register"
     assert "thawline.model.preprocess.mean" in run.data.tags
+    assert "version" not in run.data.metrics and "promoted" not in run.data.metrics
+    # The registry page says what the version is: metrics, the gate's numbers, provenance.
+    described = client(pipeline.cfg).get_model_version(NAME, "3").description
+    assert "| accuracy |" in described and "promoted to champion" in described
+    assert "p_value:" in described and "data_fingerprint: `" in described
+    assert "backbone: `timm:tf_efficientnet_lite0`" in described
+    # The pipeline's parent run carries the headline: accuracy, the choice and the gate (the
+    # three registrations share one config, so one parent: the last one's figures).
+    parent = client(pipeline.cfg).get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(accuracy["good"])
+    assert parent.data.tags["thawline.chosen_model"] == "head_only"
+    assert parent.data.tags["thawline.registered_version"] == "3"
+    assert parent.data.tags["thawline.champion_version"] == "3"
+    assert parent.data.tags["thawline.gate"] == "promoted"
 
 
 def test_retried_registration_reuses_its_version(pipeline, scenario):

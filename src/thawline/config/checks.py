@@ -1,6 +1,16 @@
-"""Checks of names the config refers to: that a backbone and a torchvision dataset exist."""
+"""Checks of names the config refers to: that a backbone and a torchvision dataset exist.
+
+Answering needs timm or torchvision, and importing them (and torch) takes seconds, which made
+``thawline config`` take 4-8 s. A name once found is remembered per library version in a small
+file under the user's cache folder, so later checks of the same name import nothing.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 
 def check_backbone_name(name: str) -> None:
@@ -10,6 +20,8 @@ def check_backbone_name(name: str) -> None:
             f"backbone.name: '{name}' must be 'timm:<model>' or 'torchvision:<model>', "
             "e.g. timm:tf_efficientnet_lite0 or torchvision:resnet18"
         )
+    if _known(library, name):
+        return
     if library == "timm":
         import timm
 
@@ -26,9 +38,12 @@ def check_backbone_name(name: str) -> None:
                 f"backbone.name: torchvision has no classification model '{model}'; "
                 f"similar: {close}"
             )
+    _remember(library, name)
 
 
 def check_torchvision_dataset(name: str | None) -> None:
+    if name and _known("torchvision", f"dataset:{name}"):
+        return
     import torchvision.datasets
 
     if not name or not isinstance(getattr(torchvision.datasets, name, None), type):
@@ -36,3 +51,44 @@ def check_torchvision_dataset(name: str | None) -> None:
             f"data.name: '{name}' is not a dataset class in torchvision.datasets "
             "(e.g. CIFAR10, FashionMNIST, Flowers102)"
         )
+    _remember("torchvision", f"dataset:{name}")
+
+
+def names_file() -> Path:
+    """Where checked names are remembered (``$THAWLINE_CACHE`` or ``~/.cache/thawline``)."""
+    folder = os.environ.get("THAWLINE_CACHE") or Path.home() / ".cache" / "thawline"
+    return Path(folder) / "known-names.json"
+
+
+def _key(library: str, name: str) -> str | None:
+    try:
+        return f"{library}=={version(library)}|{name}"
+    except PackageNotFoundError:
+        return None
+
+
+def _read() -> set[str]:
+    try:
+        return set(json.loads(names_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
+def _known(library: str, name: str) -> bool:
+    key = _key(library, name)
+    return key is not None and key in _read()
+
+
+def _remember(library: str, name: str) -> None:
+    """Best effort: a read-only home or a race between processes only costs a later import."""
+    key = _key(library, name)
+    if key is None:
+        return
+    path = names_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sorted(_read() | {key})))
+        os.replace(tmp, path)
+    except OSError:
+        pass

@@ -3,7 +3,9 @@
 ``paths.evaluation`` holds, for the model ``evaluate`` chose::
 
     metrics.json              flat scalars for ``dvc metrics``: accuracy, macro_f1, ece, loss
-                              (+ roc_auc, sensitivity, specificity for two classes); written last
+                              (+ roc_auc, sensitivity, specificity for two classes), every
+                              model's <model>_accuracy, examples and the Wilson 95% interval
+                              accuracy_ci_low/high; written last (write_metrics)
     summary.json              model, why it was chosen, split + fingerprint, metrics, history
     per_class.json            precision, recall, F1 and support per class
     confusion_matrix.json     classes and counts [actual][predicted]
@@ -45,7 +47,7 @@ from thawline.files import atomic_path, read_json, remove_stale_temps, write_jso
 METRICS, SUMMARY, COMPARE, PLOTS = "metrics.json", "summary.json", "compare", "plots"
 TABLES = ("per_class", "most_confused")
 FIGURES = ("confusion_matrix", "reliability", "curves", "roc", "gallery")
-__all__ = ["COMPARE", "METRICS", "PREDICTIONS", "SUMMARY", "write_evaluation"]
+__all__ = ["COMPARE", "METRICS", "PREDICTIONS", "SUMMARY", "write_evaluation", "write_metrics"]
 
 
 def begin(folder: Path) -> None:
@@ -64,7 +66,8 @@ def write_evaluation(
     history: list[dict],
     gallery_images: np.ndarray | None,
 ) -> None:
-    """Every file of the chosen model's evaluation, ``metrics.json`` last (see :func:`begin`).
+    """Every file of the chosen model's evaluation but ``metrics.json`` (:func:`write_metrics`,
+    last; see :func:`begin`).
 
     Args:
         scored: The split's labels ``[N]`` and the model's probabilities ``[N, C]``.
@@ -85,7 +88,11 @@ def write_evaluation(
     _write_plot_data(folder / PLOTS, evaluation, labels, history, classes)
     _write_pngs(folder, evaluation, scored, history, classes, gallery_images)
     write_json(folder / SUMMARY, summary)
-    write_json(folder / METRICS, evaluation.scalars)
+
+
+def write_metrics(folder: Path, metrics: dict[str, float]) -> None:
+    """``metrics.json``, the file DVC shows: written after every other file of the evaluation."""
+    write_json(folder / METRICS, metrics)
 
 
 def write_comparison(folder: Path, rows: dict[str, tuple[dict, dict]]) -> None:

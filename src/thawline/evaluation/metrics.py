@@ -59,6 +59,16 @@ def accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.asarray(labels) == np.asarray(pred)))
 
 
+def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy: honest on small test sets, unlike +-2 SE."""
+    from scipy.stats import binomtest
+
+    if total == 0:
+        return 0.0, 1.0
+    ci = binomtest(correct, total).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def macro_f1(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     """Unweighted mean of the per-class F1 scores over all ``num_classes`` classes."""
     return float(

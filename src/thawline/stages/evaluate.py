@@ -22,15 +22,16 @@ from thawline.data.store import PreparedStore
 from thawline.devices import resolve_device, resolve_precision
 from thawline.errors import EvaluationError, StoreError
 from thawline.evaluation import artifacts
-from thawline.evaluation.metrics import Evaluation, evaluate_predictions
+from thawline.evaluation.metrics import Evaluation, evaluate_predictions, wilson_interval
 from thawline.features.assemble import check_head
 from thawline.features.cache import FeatureCache
 from thawline.files import sha256_file
 from thawline.models.storage import head_files, load_head, read_head_meta
 from thawline.run_stats import read_stats
 from thawline.stage_table import CANDIDATES, MODELS, StageResult, trained_by
+from thawline.training.records import read_record
 from thawline.training.strategy import probe_accuracy
-from thawline.training.trained_model import load_trained, read_record
+from thawline.training.trained_model import load_trained
 from thawline.training.validate import predict_logits
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,27 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
         _summary(info, evaluation, output, store.classes), output.history, gallery,
     )  # fmt: skip
     log.info("evaluated %s on %s: %s", chosen, split, _fmt(evaluation.scalars))
-    metrics = dict(evaluation.scalars) | _figures(cfg, scored)
+    metrics = dict(evaluation.scalars) | headline(scored, chosen, split)
+    artifacts.write_metrics(out, metrics)  # last: marks a complete evaluation
+    metrics |= _train_seconds(cfg, scored)
     return StageResult(outputs={"evaluation": out}, metrics=metrics, info=info)
+
+
+def headline(scored: dict[str, Evaluation], chosen: str, split: str) -> dict[str, float]:
+    """What metrics.json adds to the chosen model's scalars: every model's accuracy (so
+    ``dvc metrics diff`` compares strategies), the split's size and a Wilson 95% interval of
+    the chosen model's accuracy."""
+    figures = {f"{name}_accuracy": ev.scalars["accuracy"] for name, ev in scored.items()}
+    examples = len(scored[chosen].pred)
+    low, high = wilson_interval(int(np.trace(scored[chosen].confusion)), examples)
+    if high - low > 0.1:
+        log.warning(
+            "evaluate: only %d %s examples, so accuracy is known to within %.3f-%.3f (Wilson "
+            "95%%); compare models on a larger %s split before trusting small differences",
+            examples, split, low, high, split,
+        )  # fmt: skip
+    return figures | {"examples": float(examples), "accuracy_ci_low": low,
+                      "accuracy_ci_high": high}  # fmt: skip
 
 
 def model_outputs(
@@ -218,11 +238,11 @@ def _score(cfg: Config, output: ModelOutput, classes: list[str]) -> Evaluation:
     )  # fmt: skip
 
 
-def _figures(cfg: Config, scored: dict[str, Evaluation]) -> dict[str, float]:
-    """Each model's test accuracy and its stage's last wall time, for MLflow only."""
+def _train_seconds(cfg: Config, scored: dict[str, Evaluation]) -> dict[str, float]:
+    """Each model's training wall time (its stage's last run), for MLflow only: not a metric
+    of the model, so not in metrics.json."""
     figures = {}
-    for name, evaluation in scored.items():
-        figures[f"{name}_accuracy"] = evaluation.scalars["accuracy"]
+    for name in scored:
         seconds = read_stats(cfg.paths.stats, trained_by(name).name).get("seconds")
         if seconds is None and name == HEAD_ONLY:  # heads saved before run statistics moved
             seconds = read_head_seconds(cfg.paths.head)

@@ -12,7 +12,6 @@ import logging
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from thawline import distributed
 from thawline.config import Config
@@ -32,6 +31,7 @@ from thawline.features.extractor import FeatureExtractor, Preprocess, batches, c
 from thawline.features.reuse import FeatureBank, hashes_tensor, model_fingerprint
 from thawline.files import remove_stale_temps, sha256_file, sha256_json
 from thawline.models.backbone import create_backbone, weights_sha256
+from thawline.progress import progress_bar
 from thawline.run_stats import write_stats
 from thawline.stage_table import StageResult
 
@@ -80,7 +80,7 @@ def _run(cfg: Config, world: World, progress: bool) -> StageResult:
     extractor.warm_up(cfg.extract.batch_size)
     started = time.perf_counter()
     total = sum(p.stop - p.start for split in plans.values() for p in split)
-    with tqdm(total=total, desc="extract", unit="img", disable=not progress) as bar:
+    with progress_bar(total=total, desc="extract", unit="img", disable=not progress) as bar:
         written, computed = {}, 0
         for plan in mine:
             sha256, n = _extract_shard(cfg, plan, data[plan.split], extractor, fingerprint, bank)

@@ -25,14 +25,10 @@ from thawline.models.storage import head_files, read_head_meta
 from thawline.stage_table import StageResult
 from thawline.training.fit_head import EpochCallback
 from thawline.training.phases import budget_epochs
+from thawline.training.records import skip, write_plan
 from thawline.training.start import Start, StartChecks, at_size, refit_head
 from thawline.training.strategy import probe_accuracy, resolve_strategy
-from thawline.training.trained_model import (
-    load_training_data,
-    skip,
-    train_and_save,
-    write_plan,
-)
+from thawline.training.trained_model import load_training_data, train_and_save
 from thawline.training.unfreeze import layer_names
 
 log = logging.getLogger(__name__)
@@ -54,6 +50,8 @@ def run(
     opts = cfg.finetune.model_copy(update={"strategy": choice.strategy})
     train_size = PreparedStore(cfg.paths.prepared).count("train")
     if choice.strategy == "head_only":
+        log.info("finetune: nothing to thaw, so finetune.image_size, phases and the learning "
+                 "rates have no effect; the head from train_head is the model")  # fmt: skip
         write_plan(cfg.paths.finetune, choice.strategy, choice.reason,
                    budget_epochs(opts, 1, train_size))  # fmt: skip
         return skip(cfg.paths.finetune, record)

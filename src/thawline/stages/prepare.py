@@ -13,14 +13,15 @@ from collections import Counter
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from thawline.config import Config, PrepareParams
 from thawline.data.images import BadImageError, square_uint8
 from thawline.data.sources import Source, chosen_items, open_source, source_fingerprint
 from thawline.data.split import assign_splits, cross_split_duplicates, indices_to_drop
 from thawline.data.store import SPLITS, SplitData, write_store
+from thawline.errors import InputError
 from thawline.files import remove_stale_temps
+from thawline.progress import progress_bar
 from thawline.stage_table import StageResult
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,9 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     items = source.items
     chosen = chosen_items(source, cfg.prepare.limit_per_class, cfg.seed)
     size = cfg.prepare.image_size or _native_size(source, chosen)
-    images, hashes, loaded, skipped = _load_all(source, chosen, size, cfg.prepare, progress)
+    images, hashes, loaded, skipped, shapes = _load_all(source, chosen, size, cfg.prepare, progress)
+    if cfg.prepare.image_size is None and size != FALLBACK_SIZE:
+        _check_one_size(shapes, size)
     labels = [items[i].label for i in loaded]
     splits = assign_splits(
         labels,
@@ -77,9 +80,9 @@ class _Loading(Dataset):
     def __getitem__(self, pos: int):
         try:
             digest, image = self.source.load(self.indices[pos])
-            return pos, digest, square_uint8(image, self.size), None
+            return pos, digest, square_uint8(image, self.size), None, _shape(image)
         except BadImageError as err:
-            return pos, None, None, str(err)
+            return pos, None, None, str(err), None
 
 
 def _load_all(source: Source, chosen: list[int], size: int, opts: PrepareParams, progress: bool):
@@ -94,8 +97,11 @@ def _load_all(source: Source, chosen: list[int], size: int, opts: PrepareParams,
     skipped = list(source.problems)
     if skipped and opts.bad_images == "strict":
         raise BadImageError(f"{skipped[0]} (set prepare.bad_images: skip to exclude such files)")
-    bar = tqdm(loader, desc="prepare", unit="img", disable=not progress, mininterval=1)
-    for pos, digest, tensor, error in bar:
+    bar = progress_bar(loader, desc="prepare", unit="img", disable=not progress, mininterval=1)
+    shapes: Counter = Counter()
+    for pos, digest, tensor, error, shape in bar:
+        if shape is not None:  # the DataLoader hands tuples back as lists
+            shapes[tuple(shape)] += 1
         if error is not None:
             if opts.bad_images == "strict":
                 raise BadImageError(f"{error} (set prepare.bad_images: skip to exclude such files)")
@@ -105,7 +111,23 @@ def _load_all(source: Source, chosen: list[int], size: int, opts: PrepareParams,
     good = [p for p, h in enumerate(hashes) if h is not None]
     keep = torch.tensor(good, dtype=torch.long)
     images = images if len(good) == len(chosen) else images.index_select(0, keep)
-    return images, [hashes[p] for p in good], [chosen[p] for p in good], skipped
+    return images, [hashes[p] for p in good], [chosen[p] for p in good], skipped, shapes
+
+
+def _shape(image) -> tuple[int, int]:
+    return (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
+
+
+def _check_one_size(shapes: Counter, size: int) -> None:
+    """With ``prepare.image_size: null`` the first images chose the size; all must share it."""
+    if set(shapes) <= {(size, size)}:
+        return
+    seen = ", ".join(f"{h}x{w}: {n}" for (h, w), n in shapes.most_common(5))
+    raise InputError(
+        f"prepare.image_size is null, so the first images chose {size}x{size}, but the images "
+        f"differ in size ({seen}); set prepare.image_size (e.g. {FALLBACK_SIZE}) to store them "
+        "all at one size"
+    )
 
 
 def _native_size(source: Source, chosen: list[int]) -> int:
@@ -116,9 +138,7 @@ def _native_size(source: Source, chosen: list[int]) -> int:
             image = source.load(i)[1]
         except BadImageError:
             continue
-        sizes.add(
-            (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
-        )
+        sizes.add(_shape(image))
     if len(sizes) == 1 and (side := sizes.pop())[0] == side[1]:
         return int(side[0])
     return FALLBACK_SIZE
@@ -147,7 +167,12 @@ def _report(source, by_split, duplicates, dropped, skipped, keys) -> dict:
         name: {source.classes[c]: n for c, n in sorted(Counter(s.labels.tolist()).items())}
         for name, s in by_split.items()
     }
-    return {
+    # A class with one or two images lands in train only: it can never be measured.
+    unmeasured = {
+        name: [c for c in source.classes if c in counts["train"] and c not in counts[name]]
+        for name in ("val", "test") if name in counts
+    }  # fmt: skip
+    report = {
         "classes": source.classes,
         "class_counts": counts,
         "duplicates": {
@@ -157,6 +182,9 @@ def _report(source, by_split, duplicates, dropped, skipped, keys) -> dict:
         },
         "skipped": skipped,
     }
+    if any(unmeasured.values()):  # only then: an unchanged manifest keeps DVC's hash
+        report["classes_without_examples"] = {k: v for k, v in unmeasured.items() if v}
+    return report
 
 
 def _log_summary(report: dict, size: int) -> None:
@@ -168,6 +196,12 @@ def _log_summary(report: dict, size: int) -> None:
             "%d images appear in more than one split (leakage); dropped %d copies "
             "(prepare.duplicates). First: %s",
             dup["groups"], dup["dropped"], dup["examples"][0],
+        )  # fmt: skip
+    for split, missing in report.get("classes_without_examples", {}).items():
+        log.warning(
+            "%d class(es) have no %s images, so %s accuracy says nothing about them: %s (too "
+            "few images; add some, or merge or drop the class)", len(missing), split, split,
+            ", ".join(missing[:10]),
         )  # fmt: skip
     if report["skipped"]:
         log.warning("skipped %d bad files, listed in the manifest; first: %s",

@@ -30,18 +30,22 @@ from thawline.models.classifier import Classifier
 from thawline.models.storage import head_files, save_classifier
 from thawline.stage_table import MODELS, StageResult, trained_by
 from thawline.tracking import stage_run
+from thawline.tracking.provenance import run_tags as run_tags_of
 from thawline.tracking.registry import (
     Registered,
     aliases,
     apply_decision,
     current_champion,
+    describe_version,
     download_predictions,
     gate_lock,
     log_and_register,
+    record_experiment_decision,
 )
 from thawline.tracking.runs import Tracker
-from thawline.tracking.store import Store
-from thawline.training.trained_model import load_trained, read_record
+from thawline.tracking.store import Store, experiment_name, in_temp_copy
+from thawline.training.records import read_record
+from thawline.training.trained_model import load_trained
 
 log = logging.getLogger(__name__)
 HEAD_ONLY = MODELS[0]
@@ -71,13 +75,11 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     artifacts.write_registration(cfg.paths.registration, record)
     decision = record.get("decision") or {}
     log.info("register: %s", decision.get("reason", record.get("reason")))
+    # The version and the verdict are tags and registration.json, not metrics to chart.
     metrics = {
-        "version": float(record.get("version", 0)),
-        "promoted": float(bool(decision.get("promote"))),
-    }
-    metrics |= {
-        k: float(decision[k]) for k in ("p_value", "difference") if decision.get(k) is not None
-    }
+        f"gate_{k}": float(decision[k]) for k in ("p_value", "difference")
+        if decision.get(k) is not None
+    }  # fmt: skip
     return StageResult(
         outputs={"model": model_dir, "registration": cfg.paths.registration},
         metrics=metrics,
@@ -131,15 +133,35 @@ def register_and_gate(
     """Register (or reuse) the version, run the gate once for it, and describe the outcome."""
     name = cfg.registry.model_name
     predictions = artifacts.predictions_path(cfg.paths.evaluation)
-    registered = log_and_register(tracker, name, model_dir, predictions, example_images(cfg))
+    experiment = experiment_name() if in_temp_copy() else None
+    registered = log_and_register(
+        tracker, name, model_dir, predictions, example_images(cfg), experiment=experiment
+    )
     client = tracker.store.client
     with gate_lock(tracker.store):
         decision = registered.decision
         if decision is None:  # a retried registration keeps the decision it already has
             decision = decide(cfg, tracker.store, registered, evaluated)
-            registered = apply_decision(client, registered, decision)
+            if experiment is None:
+                registered = apply_decision(client, registered, decision)
+            else:  # a sweep point never becomes champion by accident
+                decision = experiment_decision(experiment, decision)
+                record_experiment_decision(client, registered, decision)
         current = aliases(client, name)
+    metrics = artifacts.read_metrics(cfg.paths.evaluation)
+    describe_version(client, registered, metrics, decision, run_tags_of(cfg))
     tracker.set_tags({"thawline.registered_version": registered.version})
+    tracker.log_headline(
+        {f"test_{k}": v for k, v in metrics.items() if k.endswith("accuracy")},
+        {
+            "thawline.chosen_model": evaluated.meta["model"],
+            "thawline.registered_version": registered.version,
+            "thawline.champion_version": current.get("champion"),
+            "thawline.gate": "promoted" if decision.get("promote") else "champion stays",
+            "thawline.gate_reason": decision.get("reason"),
+            "thawline.experiment": experiment,
+        },
+    )
     return {
         "registered": True,
         "model_name": name,
@@ -178,6 +200,20 @@ def decide(
         "champion_version": champion.version if champion else None,
         "split": ours.meta["split"],
         "split_fingerprint": ours.meta["split_fingerprint"],
+    }
+
+
+def experiment_decision(experiment: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """The gate's verdict for a version a DVC experiment registered: recorded, never applied.
+
+    Experiments in temp copies (``dvc exp run --temp``, queued sweeps) register versions tagged
+    with their name; only ``dvc repro`` or a flow in the workspace moves ``champion``.
+    """
+    said = decision["reason"]
+    return decision | {
+        "promote": False,
+        "would_promote": decision["promote"],
+        "reason": f"experiment '{experiment}' ran in a DVC temp copy: not applied ({said})",
     }
 
 

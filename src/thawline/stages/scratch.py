@@ -11,17 +11,18 @@ trainable at one LR (random layers have nothing to preserve, so no discriminativ
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from thawline.config import Config, FinetuneParams
-from thawline.data.store import PreparedStore
-from thawline.models.backbone import create_backbone
-from thawline.models.classifier import Classifier, build_classifier
-from thawline.models.head import Head
-from thawline.models.preprocess import Preprocess
 from thawline.stage_table import StageResult
-from thawline.training.fit_head import EpochCallback
-from thawline.training.trained_model import read_plan, skip, train_and_save
+from thawline.training.records import read_plan, skip
+
+if TYPE_CHECKING:
+    from thawline.models.classifier import Classifier
+    from thawline.training.fit_head import EpochCallback
+
+# torch, timm and the training loop are imported where they are used: a disabled baseline
+# (the make run default on small machines) records that and exits in under a second.
 
 
 def run(
@@ -36,6 +37,9 @@ def run(
         return skip(
             cfg.paths.scratch, {"strategy": "scratch", "reason": "scratch.enabled is false"}
         )
+    from thawline.data.store import PreparedStore
+    from thawline.training.trained_model import train_and_save
+
     model = random_model(cfg)
     epochs = cfg.scratch.epochs or read_plan(cfg.paths.finetune)["budget_epochs"]
     opts = FinetuneParams(
@@ -66,6 +70,14 @@ def run(
 def random_model(cfg: Config) -> Classifier:
     """The backbone's architecture and a head, randomly initialised (seeded), at the fine-tune's
     input size with the backbone's normalisation."""
+    import torch
+
+    from thawline.data.store import PreparedStore
+    from thawline.models.backbone import create_backbone
+    from thawline.models.classifier import build_classifier
+    from thawline.models.head import Head
+    from thawline.models.preprocess import Preprocess
+
     torch.manual_seed(cfg.seed)
     backbone = create_backbone(cfg.backbone.model_copy(update={"weights": "none"}))
     size = cfg.finetune.image_size or cfg.extract.image_size

@@ -27,7 +27,7 @@ from thawline.tracking.registry import (
     dangling_alias_message,
     recorded_champion,
 )
-from thawline.tracking.store import client_for, sqlite_path
+from thawline.tracking.store import client_for, relocated, sqlite_path
 from thawline.tracking.store import tracking_uri as default_tracking_uri
 
 
@@ -61,7 +61,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
     if (folder / SPEC).is_file() and (folder / WEIGHTS).is_file():
         model = load_classifier(folder)
         return Predictor(model.classes, str(folder), lambda values: classify(model, values))
-    resolved = uri
+    resolved = location = uri
     if uri.startswith(("models:/", "runs:/")):
         store = tracking_uri or default_tracking_uri()
         database = sqlite_path(store)
@@ -70,8 +70,10 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
                 f"{uri}: there is no MLflow store at {database}; run the pipeline first, or point "
                 "MLFLOW_TRACKING_URI (or --tracking-uri) at the store that holds the model"
             )
-        resolved = _resolve_alias(client_for(store), uri)
-    pyfunc = mlflow.pyfunc.load_model(resolved)
+        client = client_for(store)
+        resolved = _resolve_alias(client, uri)
+        location = _version_location(client, resolved)
+    pyfunc = mlflow.pyfunc.load_model(location or resolved)
     classes = (pyfunc.metadata.metadata or {}).get("thawline", {}).get("classes")
     if not classes:
         raise RegistryError(f"{uri}: not a thawline model (its MLmodel has no class list)")
@@ -80,6 +82,17 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
         return pyfunc.predict(pd.DataFrame({"image": values}))
 
     return Predictor(list(classes), resolved, predict)
+
+
+def _version_location(client: MlflowClient, uri: str) -> str | None:
+    """Where the files of ``models:/name/<version>`` are, found again if the project moved."""
+    match = re.fullmatch(r"models:/([^/@]+)/(\d+)", uri)
+    if not match:
+        return None
+    name, number = match.groups()
+    source = client.get_model_version_download_uri(name, number)
+    experiment = client.get_run(client.get_model_version(name, number).run_id).info.experiment_id
+    return relocated(client, source, experiment)
 
 
 def _resolve_alias(client: MlflowClient, uri: str) -> str:

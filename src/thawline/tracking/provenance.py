@@ -47,6 +47,12 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def read_params(cfg: Config, reads: set[str]) -> dict[str, str]:
+    """The flattened params named in ``reads`` (``section.key``; a list-valued key as a whole)."""
+    flat = flatten(dump_config(cfg))
+    return {k: v for k, v in flat.items() if k in reads or k.rpartition(".")[0] in reads}
+
+
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config to MLflow params: ``{"head": {"lr": 0.001}}`` -> ``{"head.lr": "0.001"}``."""
     flat: dict[str, str] = {}

@@ -31,12 +31,13 @@ from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.tracking.provenance import flatten
 from thawline.tracking.pyfunc import input_example, model_signature
 from thawline.tracking.runs import Tracker
-from thawline.tracking.store import Store, store_lock, with_retry
+from thawline.tracking.store import Store, relocated, store_lock, with_retry
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_DIGEST = "thawline.model_sha256"
 TAG_DECISION = "thawline.gate"  # the whole decision as JSON; thawline.gate.<field> for the UI
 TAG_CHAMPION = "thawline.champion_version"  # on the registered model
+TAG_EXPERIMENT = "thawline.experiment"  # a version a DVC experiment registered (no alias)
 PREDICTIONS_DIR = "evaluation"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 REQUIREMENTS = ("thawline", "mlflow", "torch", "torchvision", "timm", "safetensors", "pillow")
@@ -64,12 +65,18 @@ class Registered:
 
 
 def log_and_register(
-    tracker: Tracker, name: str, model_dir: Path, predictions: Path, examples: list[bytes]
+    tracker: Tracker,
+    name: str,
+    model_dir: Path,
+    predictions: Path,
+    examples: list[bytes],
+    experiment: str | None = None,
 ) -> Registered:
     """Log a saved thawline model as an MLflow pyfunc model and register a new version.
 
-    The version gets the alias ``challenger``. The predictions file is logged with the run, so a
-    later gate can pair its rows with a newer challenger's.
+    The version gets the alias ``challenger``; a DVC experiment's (``experiment``: run in a
+    temp copy) gets the tag ``thawline.experiment`` instead and moves no alias. The predictions
+    file is logged with the run, so a later gate can pair its rows with a newer challenger's.
 
     Args:
         tracker: The register stage's run.
@@ -84,7 +91,8 @@ def log_and_register(
     client = tracker.store.client
     digest = model_digest(model_dir)
     if found := find_version(client, name, digest):  # a retry: the version exists already
-        with_retry(lambda: client.set_registered_model_alias(name, CHALLENGER, found.version))
+        if experiment is None:
+            with_retry(lambda: client.set_registered_model_alias(name, CHALLENGER, found.version))
         return found
     spec = read_json(model_dir / SPEC)
     described = describe(spec)
@@ -101,9 +109,47 @@ def log_and_register(
         params=described,
     )
     tags = {TAG_DIGEST: digest, **{f"thawline.{k}": v for k, v in described.items()}}
+    if experiment is not None:
+        tags[TAG_EXPERIMENT] = experiment
     created = with_retry(lambda: mlflow.register_model(info.model_uri, name, tags=tags))
-    with_retry(lambda: client.set_registered_model_alias(name, CHALLENGER, created.version))
+    if experiment is None:
+        with_retry(lambda: client.set_registered_model_alias(name, CHALLENGER, created.version))
     return _registered(created)
+
+
+def record_experiment_decision(
+    client: MlflowClient, registered: Registered, decision: dict[str, Any]
+) -> None:
+    """What the gate said about an experiment's version, under a tag of its own: the version's
+    gate decision stays unset, so registering the same model from the workspace decides again
+    (and may promote it)."""
+    number = str(registered.version)
+    with_retry(lambda: client.set_model_version_tag(
+        registered.name, number, f"{TAG_EXPERIMENT}_gate", json.dumps(decision)))  # fmt: skip
+
+
+def describe_version(
+    client: MlflowClient,
+    registered: Registered,
+    metrics: dict[str, float],
+    decision: dict[str, Any],
+    provenance: dict[str, str],
+) -> None:
+    """A Markdown description for the registry page: test metrics, the gate's decision with its
+    numbers, the backbone and the data and feature fingerprints."""
+    lines = ["### Test metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, int | float)]
+    verdict = "promoted to champion" if decision.get("promote") else "not promoted"
+    lines += ["", f"### Champion gate: {verdict}", "", str(decision.get("reason", "")), ""]
+    numbers = ("challenger_accuracy", "champion_accuracy", "difference", "b", "c", "p_value",
+               "margin", "alpha", "champion_version")  # fmt: skip
+    lines += [f"- {k}: {decision[k]}" for k in numbers if decision.get(k) is not None]
+    lines += ["", "### Provenance", ""]
+    lines += [f"- {k.removeprefix('thawline.')}: `{v}`" for k, v in sorted(provenance.items())
+              if k.startswith("thawline.")]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    with_retry(lambda: client.update_model_version(
+        registered.name, str(registered.version), description=text))  # fmt: skip
 
 
 def find_version(client: MlflowClient, name: str, digest: str) -> Registered | None:
@@ -140,15 +186,17 @@ def gate_lock(store: Store) -> Iterator[None]:
 
 
 def download_predictions(store: Store, registered: Registered, folder: Path) -> Path | None:
-    """The predictions file logged with a version's run, or None when it has none."""
+    """The predictions file logged with a version's run (found again if the project moved), or
+    None when it has none."""
     try:
+        run = with_retry(lambda: store.client.get_run(registered.run_id))
+        source = f"{run.info.artifact_uri}/{PREDICTIONS_DIR}/predictions.safetensors"
         local = mlflow.artifacts.download_artifacts(
-            run_id=registered.run_id,
-            artifact_path=f"{PREDICTIONS_DIR}/predictions.safetensors",
+            artifact_uri=relocated(store.client, source, run.info.experiment_id),
             dst_path=str(folder),
             tracking_uri=store.uri,
         )
-    except (MlflowException, OSError):
+    except (MlflowException, OSError, RegistryError):
         return None
     return Path(local)
 

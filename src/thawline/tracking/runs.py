@@ -24,7 +24,7 @@ from mlflow.utils.time import get_current_time_millis
 
 from thawline.config import Config, dump_config
 from thawline.stage_table import StageResult
-from thawline.tracking.provenance import flatten, pipeline_key, run_tags
+from thawline.tracking.provenance import flatten, pipeline_key, read_params, run_tags
 from thawline.tracking.store import Store, connect, store_lock, with_retry
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,23 @@ MAX_ARTIFACT_BYTES, MAX_ARTIFACT_FILES = 20 << 20, 200
 class Tracker:
     """Logs to one MLflow run; every write is retried while SQLite is locked."""
 
-    def __init__(self, store: Store, run_id: str):
+    def __init__(self, store: Store, run_id: str, parent_id: str | None = None):
         self.store = store
         self.run_id = run_id
+        self.parent_id = parent_id  # the pipeline's run: it carries the headline figures
+        self._epoch_keys: set[str] = set()
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """The ``on_epoch_end`` callback: metrics at step ``epoch``."""
+        self._epoch_keys.update(metrics)
         self.log_metrics(metrics, step=epoch)
+
+    def log_headline(self, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+        """The pipeline's outcome on its parent run (this run itself when it has none), so the
+        experiment's run table shows each model's accuracy, the choice and the gate."""
+        target = Tracker(self.store, self.parent_id) if self.parent_id else self
+        target.log_metrics(metrics)
+        target.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, Any], step: int = 0) -> None:
         now = get_current_time_millis()
@@ -59,6 +69,10 @@ class Tracker:
             chunk = items[start : start + 100]
             with_retry(lambda c=chunk: self.store.client.log_batch(self.run_id, tags=c))
 
+    def log_read_params(self, cfg: Config, reads: set[str]) -> None:
+        """The params a stage read (``record_reads``), not the whole config (about 100)."""
+        self.log_params(read_params(cfg, reads))
+
     def log_params(self, params: dict[str, str]) -> None:
         items = [Param(k, v) for k, v in params.items()]
         for start in range(0, len(items), 100):
@@ -69,8 +83,13 @@ class Tracker:
         with_retry(lambda: self.store.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_result(self, result: StageResult) -> None:
-        """A stage's metrics, its small readable outputs (json, png, csv...) and its info."""
-        self.log_metrics(result.metrics)
+        """A stage's metrics, its small readable outputs (json, png, csv...) and its info.
+
+        A final value under a name already logged per epoch becomes ``final_<name>``: at step 0
+        of the epoch curve it would draw a dip that never happened.
+        """
+        self.log_metrics({f"final_{k}" if k in self._epoch_keys else k: v
+                          for k, v in result.metrics.items()})  # fmt: skip
         for name, path in result.outputs.items():
             for file, folder in _small_files(Path(path), name):
                 self.log_artifact(file, folder)
@@ -92,7 +111,8 @@ class Tracker:
         for row in history:
             epoch = int(row.get("epoch", 0))
             child.log_epoch(epoch, {k: v for k, v in row.items() if k != "epoch"})
-        child.log_metrics(metrics)
+        child.log_metrics({f"final_{k}" if k in child._epoch_keys else k: v
+                           for k, v in metrics.items()})  # fmt: skip
         with_retry(lambda: self.store.client.set_terminated(child.run_id, "FINISHED"))
 
 
@@ -114,10 +134,16 @@ class NullTracker:
     def log_params(self, params: dict[str, str]) -> None:
         pass
 
+    def log_read_params(self, cfg: Config, reads: set[str]) -> None:
+        pass
+
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         pass
 
     def log_result(self, result: StageResult) -> None:
+        pass
+
+    def log_headline(self, metrics: dict[str, float], tags: dict[str, Any]) -> None:
         pass
 
     def log_candidate(self, params: dict, metrics: dict, history: list) -> None:
@@ -128,7 +154,7 @@ class NullTracker:
 def stage_run(cfg: Config, stage: str) -> Iterator[Tracker | NullTracker]:
     """Open the MLflow run of one stage, nested under the pipeline's parent run.
 
-    Logs the flattened config as params and tags the run with the stage, backbone, git commit
+    Tags the run with the stage, backbone, git commit
     and data/feature fingerprints. An exception inside the block marks the run FAILED (KILLED for
     Ctrl-C) and is re-raised. Re-entering for the stage whose run is already active (the CLI
     wraps a stage that opens its own run) yields that run again.
@@ -143,7 +169,7 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Tracker | NullTracker]:
     store = connect(cfg)
     active = mlflow.active_run()
     if active is not None and active.data.tags.get(TAG_STAGE) == stage:
-        yield Tracker(store, active.info.run_id)
+        yield Tracker(store, active.info.run_id, active.data.tags.get(MLFLOW_PARENT_RUN_ID))
         return
     parent, owned = (None, False) if active is not None else _parent_run(store, cfg)
     tags = {TAG_STAGE: stage, TAG_ROLE: "stage", TAG_PIPELINE: pipeline_key(cfg)}
@@ -156,9 +182,8 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Tracker | NullTracker]:
             tags=tags | run_tags(cfg),
         )
     )
-    tracker = Tracker(store, run.info.run_id)
-    try:
-        tracker.log_params(flatten(dump_config(cfg)))
+    tracker = Tracker(store, run.info.run_id, parent)
+    try:  # params: only those the stage reads (the CLI logs them); the parent has them all
         if owned:
             with_retry(lambda: store.client.update_run(parent, status="RUNNING"))
         yield tracker

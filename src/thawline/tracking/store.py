@@ -1,5 +1,12 @@
 """Where runs and models live: the tracking URI, the experiment, and SQLite's concurrency limits.
 
+The local store belongs to the project, not to the folder a process happens to run in: DVC runs
+``dvc exp run --temp`` and queued experiments in a throw-away copy under ``.dvc/tmp/exps/``, and
+sets ``$DVC_ROOT`` to the original workspace, so a relative ``sqlite:///mlflow.db`` and the
+``tracking.artifacts`` folder are resolved against that (:func:`project_root`). MLflow records
+artifact locations as absolute ``file://`` URIs; :func:`relocated` finds them again after the
+project folder was moved (the artifact folder is looked for beside the database).
+
 SQLite allows one writer at a time. MLflow waits for the lock (``busy_timeout``), but a
 transaction that started reading and then wants to write gets ``database is locked`` at once, so
 every write here goes through :func:`with_retry`. Read-decide-write sequences that must not
@@ -17,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote, urlparse
 
 import mlflow
 from mlflow import MlflowClient
@@ -24,9 +32,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from thawline.config import Config
-from thawline.errors import TrackingError
+from thawline.errors import RegistryError, TrackingError
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the project root (project_root)
+# MLflow 3's UI opens an experiment without this tag as a GenAI app (traces, prompts).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 T = TypeVar("T")
 
 
@@ -49,10 +59,46 @@ def mlflow_errors() -> Iterator[None]:
         raise TrackingError(f"MLflow: {err.message}") from err
 
 
+def project_root() -> Path:
+    """The project this process works for: ``$DVC_ROOT`` (DVC sets it to the original workspace
+    in every stage it runs, experiments in temp copies included), else the folder above a
+    ``.dvc/tmp/exps/`` copy, else the current folder."""
+    if root := os.environ.get("DVC_ROOT"):
+        return Path(root).resolve()
+    here = Path.cwd().resolve()
+    parts = here.parts
+    if ".dvc" in parts and parts[parts.index(".dvc") + 1 : parts.index(".dvc") + 3] == (
+        "tmp", "exps",
+    ):  # fmt: skip
+        return Path(*parts[: parts.index(".dvc")])
+    return here
+
+
+def experiment_name() -> str | None:
+    """The DVC experiment this process runs for (``$DVC_EXP_NAME``), if any."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def in_temp_copy() -> bool:
+    """Whether this runs in a DVC experiment's throw-away copy (``--temp``, ``--queue``)."""
+    return experiment_name() is not None and Path.cwd().resolve() != project_root()
+
+
 def tracking_uri(cfg: Config | None = None) -> str:
-    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow 3's default SQLite file."""
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; a relative
+    SQLite path is made absolute against :func:`project_root`."""
     configured = cfg.tracking.uri if cfg is not None else None
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    path = sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    query = uri.partition("?")[2]
+    return f"sqlite:///{project_root() / path}" + (f"?{query}" if query else "")
+
+
+def artifact_root(cfg: Config) -> Path:
+    """``tracking.artifacts``, against :func:`project_root` when relative."""
+    return project_root() / cfg.tracking.artifacts
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -69,7 +115,7 @@ def connect(cfg: Config) -> Store:
     a tracking server decides for itself.
     """
     uri = tracking_uri(cfg)
-    location = cfg.tracking.artifacts.resolve().as_uri() if sqlite_path(uri) else None
+    location = artifact_root(cfg).as_uri() if sqlite_path(uri) else None
     client = client_for(uri)
     with store_lock(uri):
         experiment_id = with_retry(lambda: _experiment(client, cfg.tracking.experiment, location))
@@ -89,13 +135,43 @@ def _experiment(client: MlflowClient, name: str, location: str | None) -> str:
     if found is not None:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
+        if not found.tags.get("mlflow.experimentKind"):  # a store from before this tag
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException as err:  # another process created it first
         if err.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+def relocated(client: MlflowClient, uri: str, experiment_id: str) -> str:
+    """An artifact URI that exists here: ``uri`` itself, or the same path under the artifact
+    folder beside the SQLite database when the project was moved since it was recorded.
+
+    Raises:
+        RegistryError: Neither exists; the message names both places and what to do.
+    """
+    if not uri.startswith("file:"):
+        return uri  # a server or object store resolves its own URIs
+    path = Path(unquote(urlparse(uri).path))
+    if path.exists():
+        return uri
+    database = sqlite_path(client.tracking_uri)
+    old_root = Path(unquote(urlparse(client.get_experiment(experiment_id).artifact_location).path))
+    moved = None
+    if database is not None and path.is_relative_to(old_root):
+        moved = database.resolve().parent / old_root.name / path.relative_to(old_root)
+        if moved.exists():
+            return moved.as_uri()
+    where = f"{path}" + (f" nor at {moved}" if moved else "")
+    raise RegistryError(
+        f"artifact missing: not at {where}. The store records it under {old_root}; if the "
+        f"project moved, keep the database and its '{old_root.name}' folder side by side, or "
+        "point MLFLOW_TRACKING_URI at the store that holds it"
+    )
 
 
 def with_retry(action: Callable[[], T], attempts: int = 10, wait: float = 0.05) -> T:

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from thawline.config import HeadParams
 from thawline.errors import NonFiniteLossError
 from thawline.models.head import Head
+from thawline.progress import progress_bar
 from thawline.training.schedule import warmup_cosine
 from thawline.training.validate import improved
 
@@ -79,7 +79,9 @@ def fit_head(
     torch.manual_seed(seed)
     run = _HeadRun(train, num_classes, opts, seed)
     started = time.perf_counter()
-    bar = tqdm(range(1, opts.epochs + 1), desc="train_head", unit="epoch", disable=not progress)
+    bar = progress_bar(
+        range(1, opts.epochs + 1), desc="train_head", unit="epoch", disable=not progress
+    )
     with _threads(1 if opts.type == "linear" else torch.get_num_threads()):
         for epoch in bar:
             metrics = run.epoch(epoch, val)

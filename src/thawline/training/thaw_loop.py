@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
-from tqdm.auto import tqdm
 
 from thawline.config import ConfigError, FinetuneParams
 from thawline.devices import Precision, autocast, resolve_device, resolve_precision
 from thawline.distributed import World
 from thawline.files import tensors_sha256
 from thawline.models.classifier import Classifier
+from thawline.progress import progress_bar
 from thawline.training.batches import deterministic, training_batch
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
 from thawline.training.never_worse import NeverWorse
@@ -164,7 +164,7 @@ class _Trainer(Resumable, NeverWorse):
             self._epoch_zero()
             report(0, _without_epoch(self.history[0]))
         size = self.steps * self._batch()
-        bar = tqdm(
+        bar = progress_bar(
             total=self.timeline.epochs * size, initial=self.epoch * size, desc="finetune",
             unit="img", unit_scale=True, disable=not progress,
         )  # fmt: skip

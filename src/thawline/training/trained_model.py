@@ -24,7 +24,6 @@ writes only ``record.json`` with ``trained: false`` and removes any older ``mode
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +33,18 @@ from thawline import distributed
 from thawline.config import Config, FinetuneParams
 from thawline.data.store import PreparedStore
 from thawline.devices import resolve_device
-from thawline.errors import EvaluationError, UpstreamError
-from thawline.files import read_json, sha256_file, write_json
+from thawline.errors import EvaluationError
+from thawline.files import sha256_file, write_json
 from thawline.models.classifier import Classifier
 from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.models.storage import load_classifier, save_classifier
 from thawline.run_stats import write_stats
 from thawline.stage_table import StageResult, training_metrics
 from thawline.training.fit_head import EpochCallback
+from thawline.training.records import MODEL, RECORD
 from thawline.training.thaw_loop import fine_tune
 
 log = logging.getLogger(__name__)
-RECORD, MODEL, PLAN = "record.json", "model", "plan.json"
 RUN_ONLY = ("images_per_second",)  # history entries that describe the run, not the model
 Data = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, 3, S, S], int64 labels [N]
 
@@ -122,44 +121,6 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
     info = {k: v for k, v in record.items() if k != "history"}
     outputs = {"model": model_dir, "record": folder / RECORD}
     return StageResult(outputs=outputs, metrics=metrics, info=info)
-
-
-def skip(folder: Path, record: dict[str, Any]) -> StageResult:
-    """Record that nothing was trained (and why); remove an older model so none looks current."""
-    if distributed.env_rank() != 0:  # under torchrun rank 0 writes for all
-        return StageResult(outputs={}, info=record | {"trained": False})
-    shutil.rmtree(folder / MODEL, ignore_errors=True)
-    write_json(folder / RECORD, record | {"trained": False})
-    log.info("%s: %s", folder, record.get("reason", "not trained"))
-    return StageResult(outputs={"record": folder / RECORD}, info=record | {"trained": False})
-
-
-def write_plan(folder: Path, strategy: str, reason: str, budget_epochs: int) -> None:
-    """Record the resolved strategy and its budget (rank 0 only, under torchrun)."""
-    if distributed.env_rank() == 0:
-        plan = {"strategy": strategy, "reason": reason, "budget_epochs": budget_epochs}
-        write_json(folder / PLAN, plan)
-
-
-def read_plan(folder: Path) -> dict[str, Any]:
-    """The fine-tune's resolved strategy and budget.
-
-    Raises:
-        UpstreamError: The finetune stage has not run here.
-    """
-    path = folder / PLAN
-    if not path.is_file():
-        raise UpstreamError(
-            f"{path}: no fine-tuning plan here; run 'thawline stage finetune' first (the "
-            "scratch baseline trains for the fine-tune's budget), or set scratch.epochs"
-        )
-    return read_json(path)
-
-
-def read_record(folder: Path) -> dict[str, Any] | None:
-    """The stage's record, or None when the stage never finished in ``folder``."""
-    path = folder / RECORD
-    return read_json(path) if path.is_file() else None
 
 
 def load_trained(folder: Path, record: dict[str, Any]) -> Classifier:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from thawline.devices import Precision, autocast
 from thawline.models.classifier import Classifier
+from thawline.progress import progress_bar
 
 FP32 = Precision(None)
 
@@ -40,7 +40,7 @@ def pooled_features(
     model.eval()
     device = next(model.parameters()).device
     outputs = []
-    bar = tqdm(total=len(images), desc="features", unit="img", disable=not progress)
+    bar = progress_bar(total=len(images), desc="features", unit="img", disable=not progress)
     with bar:
         for chunk in images.split(batch_size):
             x = model.preprocess(chunk.to(device)).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,43 @@
+"""The few lines ``make run`` ends with: each model's test accuracy, the champion, and where to
+look next. Read from the files the stages wrote, so it works after ``dvc repro`` found nothing
+to do as well."""
+
+from __future__ import annotations
+
+from thawline.config import Config
+from thawline.evaluation.artifacts import read_metrics, read_registration
+from thawline.stage_table import MODELS
+from thawline.tracking.store import tracking_uri
+
+
+def summary_lines(cfg: Config) -> list[str]:
+    metrics = read_metrics(cfg.paths.evaluation)
+    if not metrics:
+        return [f"no evaluation in {cfg.paths.evaluation} yet: run 'dvc repro'"]
+    lines = ["test accuracy:"]
+    for model in MODELS:
+        if (value := metrics.get(f"{model}_accuracy")) is not None:
+            lines.append(f"  {model:<10} {value:.4f}")
+    if "accuracy_ci_low" in metrics:
+        lines.append(
+            f"  chosen model: {metrics['accuracy']:.4f} (95% interval "
+            f"{metrics['accuracy_ci_low']:.4f}-{metrics['accuracy_ci_high']:.4f}, "
+            f"{int(metrics['examples'])} images)"
+        )
+    registration = read_registration(cfg.paths.registration)
+    if registration.get("registered"):
+        decision = registration.get("decision") or {}
+        champion = (registration.get("aliases") or {}).get("champion")
+        lines.append(f"registered {registration['model_uri']}; champion: version {champion}")
+        lines.append(f"  gate: {decision.get('reason', '')}")
+    elif registration:
+        lines.append(f"not registered: {registration.get('reason', '')}")
+    uri = tracking_uri(cfg)
+    lines += [
+        "next:",
+        f"  thawline report              HTML report in {cfg.paths.report}",
+        f"  mlflow ui --backend-store-uri {uri}",
+        "  dvc metrics show             (dvc metrics diff after a change)",
+        f"  thawline predict --model models:/{cfg.registry.model_name}@champion IMAGE...",
+    ]
+    return lines
