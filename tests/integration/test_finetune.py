@@ -58,7 +58,7 @@ def test_stage_fine_tunes_the_probe_and_saves_a_loadable_model(probe, tmp_path):
     seen = []
     result = finetune.run(cfg, progress=False, on_epoch_end=lambda e, m: seen.append(e))
     assert seen == [0, 1, 2]  # epoch 0: the starting model, validated before any step
-    assert 0 <= result.metrics["val_accuracy"] <= 1 and result.metrics["epochs"] == 2
+    assert 0 <= result.metrics["best_val_accuracy"] <= 1 and result.metrics["epochs"] == 2
     model = load_classifier(result.outputs["model"])
     assert model.preprocess.size == 32
     images = load_split(cfg.paths.prepared, "test").images[:4]

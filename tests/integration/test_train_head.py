@@ -44,14 +44,14 @@ def test_head_trains_on_the_cache_and_is_saved(cached, tmp_path, monkeypatch):
     result = train_head.run(
         config(cached, tmp_path), progress=False, on_epoch_end=lambda e, m: epochs.append((e, m))
     )
-    assert result.metrics["val_accuracy"] > 0.5  # 10 classes, 180 training images at 32 px
+    assert result.metrics["best_val_accuracy"] > 0.5  # 10 classes, 180 training images at 32 px
     head, meta = load_head(tmp_path / "head")
     assert meta["best_epoch"] == result.metrics["best_epoch"]
     assert [e for e, _ in epochs] == [h["epoch"] for h in meta["history"]]
     assert {"train_loss", "val_loss", "val_accuracy", "lr"} <= set(epochs[0][1])
     x, y = load_features(cached.paths.features, "val")
     accuracy = (head(x).argmax(1) == y).float().mean().item()
-    assert accuracy == pytest.approx(result.metrics["val_accuracy"])
+    assert accuracy == pytest.approx(result.metrics["best_val_accuracy"])
 
 
 def test_early_stopping_keeps_the_best_epoch(cached, tmp_path):
@@ -77,7 +77,7 @@ def test_sweep_trains_the_grid_and_keeps_the_best(cached, tmp_path):
     _, meta = load_head(tmp_path / "head")
     assert len(meta["sweep"]) == len(seen) == 4
     best = max(meta["sweep"], key=lambda row: row["val_accuracy"])
-    assert result.metrics["val_accuracy"] == best["val_accuracy"]
+    assert result.metrics["best_val_accuracy"] == best["val_accuracy"]
     assert meta["params"] == {k: best[k] for k in ("type", "lr", "weight_decay")}
 
 

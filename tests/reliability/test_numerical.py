@@ -125,7 +125,7 @@ def test_same_seed_twice_gives_identical_features_and_metrics(headed, tmp_path):
     assert shards[0] == shards[1] and len(shards[0]["train"]) > 0
     second = train_head.run(again, progress=False)
     timeless = [{k: v for k, v in r.metrics.items() if "seconds" not in k} for r in (first, second)]
-    assert timeless[0] == timeless[1] and "val_accuracy" in timeless[0]
+    assert timeless[0] == timeless[1] and "best_val_accuracy" in timeless[0]
     a, b = load_head(cfg.paths.head)[0], load_head(again.paths.head)[0]
     for (name, ta), tb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert ta.equal(tb), name

@@ -15,7 +15,10 @@ from thawline.tracking.store import DEFAULT_URI, is_locked, sqlite_path, trackin
 
 def test_uri_comes_from_config_then_environment_then_default(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri(small_config(tmp_path)) == DEFAULT_URI == "sqlite:///mlflow.db"
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_URI == "sqlite:///mlflow.db"  # relative to the project, made absolute:
+    assert tracking_uri(small_config(tmp_path)) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri(small_config(tmp_path)) == "http://127.0.0.1:5000"
     configured = small_config(tmp_path, tracking={"uri": "sqlite:////data/runs.db"})
@@ -58,3 +61,27 @@ def test_config_flattens_to_dotted_params():
         "head.sweep.enabled": "false",
         "x": "null",
     }
+
+
+def test_the_store_belongs_to_the_project_even_from_a_dvc_temp_copy(tmp_path, monkeypatch):
+    """DVC runs --temp and queued experiments in <project>/.dvc/tmp/exps/<copy> and sets
+    $DVC_ROOT to the project; a relative store there used to be deleted with the copy."""
+    from thawline.tracking.store import artifact_root, in_temp_copy, project_root
+
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(copy)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    monkeypatch.setenv("DVC_EXP_NAME", "sweep-1")
+    cfg = small_config(tmp_path)
+    assert tracking_uri(cfg) == f"sqlite:///{project.resolve()}/mlflow.db"
+    assert artifact_root(cfg.model_copy(update={"tracking": cfg.tracking.model_copy(
+        update={"artifacts": Path("mlruns")})})) == project.resolve() / "mlruns"  # fmt: skip
+    assert in_temp_copy()
+    monkeypatch.delenv("DVC_ROOT")  # outside DVC's own runs the folder layout tells
+    assert project_root() == project.resolve() and in_temp_copy()
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert not in_temp_copy()  # a workspace `dvc exp run` (make full) may move champion
