@@ -53,7 +53,8 @@ class Pipeline:
     def use(self, name: str, cfg=None):
         cfg = cfg or self.cfg
         head = self.heads[name]
-        save_head(head, cfg.paths.head, {"feature_fingerprint": self.fingerprint})
+        fingerprint = read_cache_manifest(cfg.paths.features)["fingerprint"]
+        save_head(head, cfg.paths.head, {"feature_fingerprint": fingerprint})
         features, labels = load_features(cfg.paths.features, "test")
         with torch.no_grad():
             probs = torch.softmax(head(features), dim=1)
@@ -131,7 +132,11 @@ def model_server(model_uri: str, tracking_uri: str, folder: Path):
 
 def invoke(base: str, images: list) -> tuple[int, dict]:
     """POST images as MLflow's ``dataframe_split`` JSON; returns status and parsed body."""
-    payload = {"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}}
+    return post(base, {"dataframe_split": {"columns": ["image"], "data": [[i] for i in images]}})
+
+
+def post(base: str, payload: dict) -> tuple[int, dict]:
+    """POST any JSON payload to ``/invocations``; returns status and parsed body."""
     request = urllib.request.Request(
         f"{base}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
     )

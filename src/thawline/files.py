@@ -56,13 +56,19 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     Read the metadata back with :func:`tensor_metadata`.
     """
-    from safetensors.torch import save_file
-
     packed = {METADATA_KEY: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=packed)
         digest = sha256_file(tmp)
     return digest
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str]) -> None:
+    """safetensors' ``save_file``, imported on first use (it imports torch, which the config
+    and ``--help`` never need); a module attribute, so a test can make it fail mid-write."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename, metadata=metadata)
 
 
 def tensor_metadata(handle: Any) -> dict[str, str]:

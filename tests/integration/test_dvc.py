@@ -36,8 +36,9 @@ def dvc(repo: Path, *args: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
-    repo = tmp_path / "project"
+def tiny_project(repo: Path, change) -> dict:
+    """A git + DVC project at ``repo``: dvc.yaml, the source and a params.yaml for 10 images per
+    class at 32 px, with ``change(params)`` applied; returns the params."""
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
@@ -45,12 +46,22 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
     params["prepare"]["limit_per_class"] = 10
     params["extract"]["image_size"] = 32
     params["head"]["epochs"] = 3
-    params["finetune"] |= {"image_size": 32, "epochs_per_phase": 1}
-    params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
+    change(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")
+    return params
+
+
+def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
+    repo = tmp_path / "project"
+
+    def change(params):
+        params["finetune"] |= {"image_size": 32, "epochs_per_phase": 1}
+        params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
+
+    params = tiny_project(repo, change)
 
     first = dvc(repo, "repro")
     for stage in (
@@ -103,20 +114,9 @@ def test_experiments_in_temp_copies_land_in_the_project_store(tmp_path):
     from mlflow import MlflowClient
 
     repo = tmp_path / "project"
-    repo.mkdir()
-    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["prepare"]["limit_per_class"] = 10
-    params["extract"]["image_size"] = 32
-    params["head"]["epochs"] = 3
-    params["scratch"]["enabled"] = False
+    params = tiny_project(repo, lambda p: p["scratch"].update(enabled=False))
     assert params["tracking"]["uri"] is None  # the default: sqlite:///mlflow.db in the project
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / ".gitignore").write_text("mlflow.db*\nmlruns/\n")
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc(repo, "init", "-q")
-    dvc(repo, "config", "core.analytics", "false")
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the project's default store decides
     dvc(repo, "repro")
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=os.environ | GIT_ENV)

@@ -4,6 +4,7 @@ SQLite store, and 4xx answers from the served model to bad input."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import mlflow.models
 import pytest
+from PIL import Image
 
-from tests.registry_support import NAME, client, invoke, model_server, pipeline_config
+from tests.conftest import small_config
+from tests.registry_support import NAME, client, invoke, model_server, pipeline_config, post
 from thawline.config import dump_config
 from thawline.data.store import load_split, read_manifest
 from thawline.files import read_json
-from thawline.stages import register
+from thawline.stages import extract, prepare, register
 from thawline.stages.register import png_bytes
 from thawline.tracking import RegistryError, load_model
 
@@ -114,18 +117,35 @@ def test_served_model_answers_and_refuses_bad_input_with_4xx(pipeline, scenario,
         right = sum(
             label == classes[test.labels[i]] for label, i in zip(labels, picks, strict=True)
         )
-        assert right >= 6 and len(body["predictions"][0]["probabilities"]) == 10
+        first = body["predictions"][0]
+        assert right >= 6 and len(first["probabilities"]) == 10
+        # Class names come with the scores: the top 5, best first, led by the label.
+        assert first["top_labels"][0] == first["label"] and set(first["top_labels"]) <= set(classes)
+        assert len(first["top_probabilities"]) == 5 and first["top_probabilities"][0] == max(
+            first["probabilities"])  # fmt: skip
+        assert first["top_probabilities"] == sorted(first["top_probabilities"], reverse=True)
         status, body = invoke(base, [test.images[0].permute(1, 2, 0).tolist()])  # H x W x 3
         assert status == 200 and body["predictions"][0]["label"] in classes
+        # The tensor-style form MLflow documents works too.
+        status, body = post(base, {"inputs": {"image": images[:2]}})
+        assert status == 200 and [p["label"] for p in body["predictions"]] == labels[:2], body
+        blank = io.BytesIO()
+        Image.new("L", (7000, 8000)).save(blank, format="PNG")  # small file, 56M pixels
+        huge = b64encode(blank.getvalue()).decode()
         for bad, message in (
-            ("bm90IGFuIGltYWdl", "cannot decode image"),  # base64 of "not an image"
+            ("bm90IGFuIGltYWdl", "cannot decode image (not a format PIL reads)"),  # "not an image"
             ([[[1, 2], [3, 4]]], "got shape (1, 2, 2)"),
             ([[0.5, 0.2], [0.1, 0.9]], "got dtype float64"),
             ("/etc/hostname", "reads no files"),
+            (huge, "7000x8000 pixels exceeds the model's pixel limit=50,000,000"),
         ):
             status, body = invoke(base, [bad])
             assert 400 <= status < 500, (bad, status, body)
-            assert message in body.get("message", ""), (bad, body)
+            said = body.get("message", "")
+            assert message in said, (bad, body)
+            # Never the request echoed back, nor Python object reprs, nor a training key.
+            assert "Failed to predict data" not in said and " object at 0x" not in said, said
+            assert "prepare." not in said and len(said) < 600, said
 
 
 REGISTER_IN_PROCESS = """
@@ -165,3 +185,26 @@ def test_parallel_registrations_get_distinct_versions_and_one_gate_at_a_time(pip
     first = [name for name, d in decisions.items() if d["champion_version"] is None]
     assert len(first) == 1 and decisions[first[0]]["promote"]
     assert decisions["bad"]["promote"] == (first == ["bad"])
+
+
+def test_after_new_images_the_gate_scores_the_champion_on_the_new_split(pipeline, tmp_path):
+    """Adding images changes the test split's fingerprint; the gate used to say "not compared"
+    forever, so a data-change retrain could never promote. It now scores the champion itself on
+    the challenger's images (splits are carved by content, so they were never its training)."""
+    store = tmp_path / "store"
+    first = pipeline_config(tmp_path / "one", pipeline.cfg.paths.prepared,
+                            pipeline.cfg.paths.features, store)  # fmt: skip
+    pipeline.use("medium", first)
+    assert register.run(first, progress=False).info["decision"]["promote"]  # version 1
+    grown = small_config(tmp_path / "grown", prepare={"limit_per_class": 30})  # 20 -> 30 a class
+    prepare.run(grown, progress=False)
+    old, new = (read_manifest(c.paths.prepared)["splits"] for c in (pipeline.cfg, grown))
+    assert old["test"]["fingerprint"] != new["test"]["fingerprint"]
+    second = pipeline_config(tmp_path / "two", grown.paths.prepared, tmp_path / "features", store)
+    extract.run(second, progress=False)
+    pipeline.use("good", second)
+    record = register.run(second, progress=False).info
+    decision = record["decision"]
+    assert decision["champion_rescored"] and decision["champion_version"] == 1
+    assert decision["b"] > decision["c"] and decision["p_value"] < 0.05, decision
+    assert decision["promote"] and record["aliases"]["champion"] == 2

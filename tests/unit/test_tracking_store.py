@@ -85,3 +85,22 @@ def test_the_store_belongs_to_the_project_even_from_a_dvc_temp_copy(tmp_path, mo
     monkeypatch.chdir(project)
     monkeypatch.setenv("DVC_ROOT", str(project))
     assert not in_temp_copy()  # a workspace `dvc exp run` (make full) may move champion
+
+
+def test_the_store_lock_is_reentrant_within_a_thread_and_exclusive_across_processes(tmp_path):
+    """The gate holds it while loading the champion, which connects to the same store: that
+    second acquisition used to wait forever."""
+    import subprocess
+    import sys
+
+    from thawline.tracking.store import store_lock
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except BlockingIOError: sys.exit(3)")  # fmt: skip
+    with store_lock(uri), store_lock(uri):  # no deadlock
+        held = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "mlflow.db.lock")])
+        assert held.returncode == 3  # another process is kept out
+    free = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "mlflow.db.lock")])
+    assert free.returncode == 0

@@ -25,13 +25,16 @@ IMAGE_EXTENSIONS = (
 )  # fmt: skip
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def decode_image(
+    data: bytes, name: str, max_pixels: int, limit: str = "prepare.max_pixels"
+) -> Image.Image:
     """Decode image bytes into an RGB PIL image.
 
     Args:
         data: The file's bytes (already read, so the content hash and the pixels agree).
         name: The file's path, for error messages.
         max_pixels: Larger images are refused before their pixels are decoded.
+        limit: What sets ``max_pixels``, for the message (a served model has no params.yaml).
 
     Returns:
         An RGB image.
@@ -48,7 +51,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
             width, height = img.size
             if width * height > max_pixels:
                 raise BadImageError(
-                    f"{name}: {width}x{height} pixels exceeds prepare.max_pixels={max_pixels} "
+                    f"{name}: {width}x{height} pixels exceeds {limit}={max_pixels:,} "
                     "(possible decompression bomb)"
                 )
             img.load()
@@ -56,7 +59,9 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadImageError(f"{name}: refused as a decompression bomb ({err})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:  # its message is the repr of our BytesIO: say what it means
+        raise BadImageError(f"{name}: cannot decode image (not a format PIL reads)") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(f"{name}: cannot decode image ({err})") from None
     return to_rgb(ImageOps.exif_transpose(img))
 

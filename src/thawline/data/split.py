@@ -1,7 +1,14 @@
-"""Subsampling, stratified splits and cross-split duplicate detection (pure functions)."""
+"""Subsampling, splits and cross-split duplicate detection (pure functions).
+
+A carved split is a function of each item's content hash and the seed, never of the other
+items: adding images to a folder never moves an existing image between splits (so a champion
+is never scored on images it trained on), and new images land by the same rule. Identical
+files share a hash, so carving never puts copies in two splits.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 
 import numpy as np
@@ -26,26 +33,34 @@ def limit_per_class(
 def assign_splits(
     labels: list[int],
     given: list[str | None],
+    hashes: list[str],
     val_fraction: float,
     test_fraction: float,
     seed: int,
 ) -> list[str]:
     """Give every item a split, keeping the source's own splits and carving the missing ones.
 
-    The test split is carved from unassigned items only when the source has none; the val split is
-    carved from the training pool. Both carvings are stratified by class and fixed by ``seed``.
+    The test split is carved from unassigned items only when the source has none; the val split
+    is carved from the training pool. An item goes to a carved split when a number drawn from its
+    content hash and ``seed`` falls below the fraction (:func:`draw`), so each class contributes
+    the fraction on average, and every class keeps at least one training item.
     """
     splits = [g if g in ("train", "val", "test") else "train" for g in given]
-    rng = np.random.default_rng(seed)
     if "test" not in given:
-        _carve(splits, labels, "test", test_fraction, rng)
+        _carve(splits, labels, hashes, "test", test_fraction, seed)
     if "val" not in given:
-        _carve(splits, labels, "val", val_fraction, rng)
+        _carve(splits, labels, hashes, "val", val_fraction, seed)
     return splits
 
 
-def _carve(splits: list[str], labels: list[int], target: str, fraction: float, rng) -> None:
-    """Move a stratified ``fraction`` of the current train items to ``target`` (in place)."""
+def draw(seed: int, target: str, digest: str) -> float:
+    """A number in [0, 1) fixed by the seed, the split being carved and the content hash."""
+    h = hashlib.sha256(f"{seed}:{target}:{digest}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def _carve(splits, labels, hashes, target: str, fraction: float, seed: int) -> None:
+    """Move each train item whose draw falls below ``fraction`` to ``target`` (in place)."""
     if fraction <= 0:
         return
     by_class: dict[int, list[int]] = defaultdict(list)
@@ -53,10 +68,12 @@ def _carve(splits: list[str], labels: list[int], target: str, fraction: float, r
         if s == "train":
             by_class[y].append(i)
     for members in by_class.values():
-        # Round per class, but keep at least one training item per class.
-        n = min(len(members) - 1, round(len(members) * fraction))
-        for i in rng.permutation(members)[: max(n, 0)]:
-            splits[int(i)] = target
+        draws = {i: draw(seed, target, hashes[i]) for i in members}
+        moved = [i for i in members if draws[i] < fraction]
+        if len(moved) == len(members):  # a class needs one training item to be learnt at all
+            moved.remove(max(moved, key=draws.__getitem__))
+        for i in moved:
+            splits[i] = target
 
 
 def cross_split_duplicates(hashes: list[str], splits: list[str]) -> list[dict]:

@@ -48,6 +48,7 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     splits = assign_splits(
         labels,
         [items[i].split for i in loaded],
+        hashes,
         cfg.prepare.val_fraction,
         cfg.prepare.test_fraction,
         cfg.seed,

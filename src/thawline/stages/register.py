@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from thawline.config import Config
 from thawline.data.store import PreparedStore
+from thawline.errors import RegistryError, ThawlineError
 from thawline.evaluation import EvaluationError, artifacts
 from thawline.evaluation.gate import Decision, champion_gate
 from thawline.evaluation.predictions import SavedPredictions, load_predictions
@@ -29,7 +31,7 @@ from thawline.files import sha256_file
 from thawline.models.classifier import Classifier
 from thawline.models.storage import head_files, save_classifier
 from thawline.stage_table import MODELS, StageResult, trained_by
-from thawline.tracking import stage_run
+from thawline.tracking import load_model, mlflow_errors, stage_run
 from thawline.tracking.provenance import run_tags as run_tags_of
 from thawline.tracking.registry import (
     Registered,
@@ -50,6 +52,7 @@ from thawline.training.trained_model import load_trained
 log = logging.getLogger(__name__)
 HEAD_ONLY = MODELS[0]
 EXAMPLES = 2  # test images in the model's input example
+RESCORE_CHUNK = 256  # images per call when scoring the champion on a changed split
 
 
 def run(cfg: Config, *, progress: bool = True) -> StageResult:
@@ -180,6 +183,7 @@ def decide(
     """The gate for ``registered`` against the current champion, as a JSON-able record."""
     margin, alpha = cfg.registry.margin, cfg.registry.alpha
     accuracy = float(ours.correct.mean())
+    rescored_on: dict[str, bool] = {}
     champion = current_champion(store.client, registered.name)
     if champion is None:
         decision = champion_gate(ours.correct, None, margin, alpha, same_split=True)
@@ -193,14 +197,26 @@ def decide(
         if theirs is None:
             reason = f"champion version {champion.version} has no logged predictions to pair with"
             decision = Decision(False, reason + "; champion stays", accuracy, **_limits(cfg))
-        else:
-            same = theirs.meta["split_fingerprint"] == ours.meta["split_fingerprint"]
-            decision = champion_gate(ours.correct, theirs.correct, margin, alpha, same)
-    return decision.as_dict() | {
-        "champion_version": champion.version if champion else None,
-        "split": ours.meta["split"],
-        "split_fingerprint": ours.meta["split_fingerprint"],
-    }
+        elif theirs.meta["split_fingerprint"] == ours.meta["split_fingerprint"]:
+            decision = champion_gate(ours.correct, theirs.correct, margin, alpha, True)
+        else:  # the data changed since: score the champion itself on the challenger's images
+            try:
+                rescored = rescore(cfg, store, champion, ours)
+            except ThawlineError as err:
+                reason = f"not compared: the champion could not be scored on this split ({err})"
+                decision = Decision(False, reason + "; champion stays", accuracy, **_limits(cfg))
+            else:
+                decision = champion_gate(ours.correct, rescored, margin, alpha, True)
+                rescored_on = {"champion_rescored": True}
+    return (
+        decision.as_dict()
+        | rescored_on
+        | {
+            "champion_version": champion.version if champion else None,
+            "split": ours.meta["split"],
+            "split_fingerprint": ours.meta["split_fingerprint"],
+        }
+    )
 
 
 def experiment_decision(experiment: str, decision: dict[str, Any]) -> dict[str, Any]:
@@ -215,6 +231,37 @@ def experiment_decision(experiment: str, decision: dict[str, Any]) -> dict[str, 
         "would_promote": decision["promote"],
         "reason": f"experiment '{experiment}' ran in a DVC temp copy: not applied ({said})",
     }
+
+
+def rescore(cfg: Config, store: Store, champion: Registered, ours: SavedPredictions) -> np.ndarray:
+    """Whether the champion gets each image of the challenger's evaluated split right.
+
+    After new data the split fingerprints differ, and the champion's logged predictions cannot
+    be paired with the challenger's; its model can. Splits are carved by content hash, so these
+    images were never in the champion's training split.
+
+    Raises:
+        RegistryError: The champion cannot be loaded, or knows other classes than these.
+    """
+    data = PreparedStore(cfg.paths.prepared)
+    split = data.load(ours.meta["split"])
+    if not np.array_equal(split.labels.numpy(), ours.labels):
+        raise RegistryError(f"{cfg.paths.prepared}: rows differ from the evaluated predictions")
+    with mlflow_errors():
+        model = load_model(champion.uri, store.uri)
+    if list(model.classes) != list(data.classes):
+        raise RegistryError(
+            f"champion version {champion.version} knows the classes {model.classes}, this data "
+            f"{data.classes}"
+        )
+    log.info("register: scoring champion version %d on the %d images of this %s split",
+             champion.version, len(ours.labels), ours.meta["split"])  # fmt: skip
+    pred = []
+    for start in range(0, len(ours.labels), RESCORE_CHUNK):
+        chunk = split.images[start : start + RESCORE_CHUNK].permute(0, 2, 3, 1).numpy()
+        table = model.predict(list(chunk))["probabilities"]
+        pred += [int(np.argmax(row)) for row in table]
+    return np.asarray(pred) == ours.labels
 
 
 def example_images(cfg: Config, count: int = EXAMPLES) -> list[bytes]:

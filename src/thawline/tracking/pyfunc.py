@@ -28,11 +28,18 @@ from thawline.models.classifier import Classifier
 from thawline.models.storage import load_classifier
 
 MAX_PIXELS = 50_000_000  # as prepare.max_pixels: larger inputs are refused before decoding
+PIXEL_LIMIT = "the model's pixel limit"  # what a size error names (no params.yaml when served)
 MAX_FILE_BYTES = 256 << 20
 BATCH = 64
+TOP_K = 5  # labels and scores per image, best first (all classes when there are fewer)
 INPUT_FORMATS = (
     "column 'image': per row, image file bytes, base64 of them (optionally a data: URL), "
     "a file path (not when served), or an H x W x 3 / H x W uint8 array or nested list"
+)
+SERVED_FORMATS = (
+    'accepted: {"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}, '
+    '{"dataframe_records": [{"image": "<base64>"}]}, {"inputs": {"image": ["<base64>"]}} '
+    'or {"instances": [{"image": "<base64>"}]}'
 )
 
 
@@ -53,7 +60,9 @@ class ThawlineModel(mlflow.pyfunc.PythonModel):
             params: Unused.
 
         Returns:
-            A DataFrame with ``label``, ``probability`` and ``probabilities`` (class order).
+            A DataFrame with ``label``, ``probability``, ``top_labels`` and
+            ``top_probabilities`` (the best ``TOP_K``, best first) and ``probabilities`` (all
+            classes, in class order).
 
         Raises:
             MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served) naming the row.
@@ -74,11 +83,16 @@ def classify(model: Classifier, values: list[Any]) -> pd.DataFrame:
             logits = model(model.preprocess(batch))
             probs.append(torch.softmax(logits.float(), dim=1))
     table = torch.cat(probs).numpy() if probs else np.zeros((0, len(model.classes)), np.float32)
-    best = table.argmax(axis=1)
+    order = np.argsort(-table, axis=1, kind="stable")[:, :TOP_K]
+    best = order[:, 0] if len(table) else np.zeros(0, np.int64)
     return pd.DataFrame(
         {
             "label": [model.classes[i] for i in best],
             "probability": table[np.arange(len(best)), best].astype(float),
+            "top_labels": [[model.classes[i] for i in row] for row in order],
+            "top_probabilities": [
+                table[r, row].astype(float).tolist() for r, row in enumerate(order)
+            ],
             "probabilities": [row.astype(float).tolist() for row in table],
         }
     )
@@ -88,26 +102,47 @@ def image_column(model_input: Any) -> list[Any]:
     """The ``image`` values of a DataFrame (or a plain list / dict of lists)."""
     if isinstance(model_input, pd.DataFrame):
         if "image" not in model_input.columns:
-            raise invalid(f"expected a column 'image', got {list(model_input.columns)}")
-        return list(model_input["image"])
+            names = [str(c)[:40] for c in model_input.columns][:5]
+            raise invalid(f"expected a column 'image', got columns {names}; {SERVED_FORMATS}")
+        return _encoded_batches(list(model_input["image"]))
     if isinstance(model_input, dict) and "image" in model_input:
-        return list(model_input["image"])
+        values = model_input["image"]
+        return list(values) if isinstance(values, (list, tuple, np.ndarray)) else [values]
     if isinstance(model_input, list):
         return model_input
-    raise invalid(f"expected a DataFrame with an 'image' column, got {type(model_input).__name__}")
+    raise invalid(f"expected an 'image' column, got {type(model_input).__name__}; {SERVED_FORMATS}")
+
+
+def _encoded_batches(values: list[Any]) -> list[Any]:
+    """Cells that hold several encoded images, one after another.
+
+    ``{"inputs": {"image": [b64, b64]}}`` reaches the model as one row whose cell is the whole
+    list (MLflow's schema enforcement of a column of any type). A list of strings or bytes is
+    never one image (pixels are numbers), so such a cell is taken as that many rows.
+    """
+    rows: list[Any] = []
+    for value in values:
+        many = isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0
+        if many and all(isinstance(v, (str, bytes)) for v in value):
+            rows += list(value)
+        else:
+            rows.append(value)
+    return rows
 
 
 def to_image_tensor(value: Any, size: int, row: int, allow_paths: bool = True) -> torch.Tensor:
     """One input value to a uint8 ``[3, size, size]`` tensor, as the prepared store holds."""
     try:
         if isinstance(value, (bytes, bytearray, memoryview)):
-            image = decode_image(bytes(value), f"image {row}", MAX_PIXELS)
+            image = decode_image(bytes(value), f"image {row}", MAX_PIXELS, PIXEL_LIMIT)
         elif isinstance(value, str):
             image = _image_from_string(value, row, allow_paths)
         elif isinstance(value, (list, tuple, np.ndarray)):
             image = pixel_array(value, row)
         else:
-            raise invalid(f"image {row}: unsupported value of type {type(value).__name__}")
+            raise invalid(
+                f"image {row}: unsupported value of type {type(value).__name__}; {SERVED_FORMATS}"
+            )
     except BadImageError as err:
         raise invalid(str(err)) from None
     return square_uint8(image, size)
@@ -125,7 +160,10 @@ def pixel_array(value: Any, row: int) -> np.ndarray:
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)) or 0 in array.shape:
         raise invalid(f"{where}, got shape {tuple(array.shape)}")
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise invalid(f"image {row}: {array.shape[0]}x{array.shape[1]} pixels is too large")
+        raise invalid(
+            f"image {row}: {array.shape[0]}x{array.shape[1]} pixels exceeds {PIXEL_LIMIT}="
+            f"{MAX_PIXELS:,}"
+        )
     if array.dtype != np.uint8 and (array.min() < 0 or array.max() > 255):
         raise invalid(f"{where}, got values from {array.min()} to {array.max()}")
     return array.astype(np.uint8, copy=False)
@@ -137,7 +175,7 @@ def _image_from_string(value: str, row: int, allow_paths: bool):
         if path.is_file():
             if path.stat().st_size > MAX_FILE_BYTES:
                 raise invalid(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB")
-            return decode_image(path.read_bytes(), str(path), MAX_PIXELS)
+            return decode_image(path.read_bytes(), str(path), MAX_PIXELS, PIXEL_LIMIT)
     text = value.split(",", 1)[1] if value.startswith("data:") else value
     try:
         data = base64.b64decode("".join(text.split()), validate=True)
@@ -147,12 +185,31 @@ def _image_from_string(value: str, row: int, allow_paths: bool):
         raise invalid(
             f"image {row}: not base64 image bytes (a served model reads no files)"
         ) from None
-    return decode_image(data, f"image {row}", MAX_PIXELS)
+    return decode_image(data, f"image {row}", MAX_PIXELS, PIXEL_LIMIT)
+
+
+class InputRefused(MlflowException):
+    """A bad-input error that MLflow's scoring server answers with HTTP 400, as written here.
+
+    The server rewrites a failed prediction's message to ``Failed to predict data '<the whole
+    request as a DataFrame>'. Error: ...``, echoing the client's data back (mlflow 3.17,
+    ``scoring_server.invocations``). The message is fixed when the error is made; later
+    assignments are ignored.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._refusal
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_refusal"):  # the first assignment is MlflowException.__init__'s
+            self._refusal = value
 
 
 def invalid(message: str) -> MlflowException:
     """A bad-input error that MLflow's scoring server answers with HTTP 400."""
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return InputRefused(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def model_signature() -> ModelSignature:
@@ -163,6 +220,8 @@ def model_signature() -> ModelSignature:
             [
                 ColSpec("string", "label"),
                 ColSpec("double", "probability"),
+                ColSpec(Array("string"), "top_labels"),
+                ColSpec(Array("double"), "top_probabilities"),
                 ColSpec(Array("double"), "probabilities"),
             ]
         ),

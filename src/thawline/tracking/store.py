@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from thawline.config import Config
 from thawline.errors import RegistryError, TrackingError
 
+_held_locks = threading.local()  # the store locks this thread holds (store_lock is reentrant)
 DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the project root (project_root)
 # MLflow 3's UI opens an experiment without this tag as a GenAI app (traces, prompts).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -200,17 +202,26 @@ def store_lock(uri: str) -> Iterator[None]:
     """Serialise a read-decide-write sequence among processes sharing one SQLite store.
 
     The lock is a separate file beside the database (never the database itself: closing any
-    descriptor of it would drop SQLite's own POSIX locks). Other stores get no lock.
+    descriptor of it would drop SQLite's own POSIX locks). Other stores get no lock. It is
+    reentrant within a thread: the gate holds it while it loads the champion to score it, and
+    loading connects to the same store (a second ``flock`` on a new descriptor would wait for
+    the first forever).
     """
     path = sqlite_path(uri)
     if path is None:
         yield
         return
-    lock = path.with_name(path.name + ".lock")
+    lock = path.with_name(path.name + ".lock").resolve()
+    held = _held_locks.__dict__.setdefault("paths", set())
+    if lock in held:
+        yield
+        return
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        held.add(lock)
         try:
             yield
         finally:
+            held.discard(lock)
             fcntl.flock(handle, fcntl.LOCK_UN)
