@@ -4,8 +4,10 @@ Takes the model ``evaluate`` chose: the fine-tuned one, or the one the head was 
 configured backbone and weights, the layers hooked at extraction, and the exact preprocessing
 recorded in the feature manifest). Saves it to
 ``paths.model`` (safetensors + JSON), registers it as a new version with the alias ``challenger``,
-then pairs its evaluated predictions with the champion's (McNemar on the same pinned split) and
-moves ``champion`` only if the challenger wins. The decision goes to ``paths.registration``.
+then pairs its evaluated predictions with the champion's (McNemar on the same test images: the
+champion's logged predictions when the split is unchanged, else the champion scored again on
+this split) and moves ``champion`` only if the challenger wins. A DVC experiment in a temp copy
+records the verdict without moving any alias. The decision goes to ``paths.registration``.
 """
 
 from __future__ import annotations
@@ -194,12 +196,10 @@ def decide(
         with tempfile.TemporaryDirectory(prefix="thawline-champion-") as tmp:
             path = download_predictions(store, champion, Path(tmp))
             theirs = load_predictions(path) if path is not None else None
-        if theirs is None:
-            reason = f"champion version {champion.version} has no logged predictions to pair with"
-            decision = Decision(False, reason + "; champion stays", accuracy, **_limits(cfg))
-        elif theirs.meta["split_fingerprint"] == ours.meta["split_fingerprint"]:
+        split = ours.meta["split_fingerprint"]
+        if theirs is not None and theirs.meta["split_fingerprint"] == split:
             decision = champion_gate(ours.correct, theirs.correct, margin, alpha, True)
-        else:  # the data changed since: score the champion itself on the challenger's images
+        else:  # new data since (or no logged predictions): score the champion on these images
             try:
                 rescored = rescore(cfg, store, champion, ours)
             except ThawlineError as err:

@@ -49,6 +49,12 @@ class Tracker:
         self._epoch_keys.update(metrics)
         self.log_metrics(metrics, step=epoch)
 
+    def log_final(self, metrics: dict[str, Any]) -> None:
+        """End-of-run values; one under a name already logged per epoch becomes
+        ``final_<name>``: at step 0 of the epoch curve it would draw a dip that never happened."""
+        self.log_metrics({f"final_{k}" if k in self._epoch_keys else k: v
+                          for k, v in metrics.items()})  # fmt: skip
+
     def log_headline(self, metrics: dict[str, float], tags: dict[str, Any]) -> None:
         """The pipeline's outcome on its parent run (this run itself when it has none), so the
         experiment's run table shows each model's accuracy, the choice and the gate."""
@@ -83,13 +89,8 @@ class Tracker:
         with_retry(lambda: self.store.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_result(self, result: StageResult) -> None:
-        """A stage's metrics, its small readable outputs (json, png, csv...) and its info.
-
-        A final value under a name already logged per epoch becomes ``final_<name>``: at step 0
-        of the epoch curve it would draw a dip that never happened.
-        """
-        self.log_metrics({f"final_{k}" if k in self._epoch_keys else k: v
-                          for k, v in result.metrics.items()})  # fmt: skip
+        """A stage's metrics, its small readable outputs (json, png, csv...) and its info."""
+        self.log_final(result.metrics)
         for name, path in result.outputs.items():
             for file, folder in _small_files(Path(path), name):
                 self.log_artifact(file, folder)
@@ -111,8 +112,7 @@ class Tracker:
         for row in history:
             epoch = int(row.get("epoch", 0))
             child.log_epoch(epoch, {k: v for k, v in row.items() if k != "epoch"})
-        child.log_metrics({f"final_{k}" if k in child._epoch_keys else k: v
-                           for k, v in metrics.items()})  # fmt: skip
+        child.log_final(metrics)
         with_retry(lambda: self.store.client.set_terminated(child.run_id, "FINISHED"))
 
 
@@ -143,6 +143,9 @@ class NullTracker:
     def log_result(self, result: StageResult) -> None:
         pass
 
+    def log_final(self, metrics: dict[str, Any]) -> None:
+        pass
+
     def log_headline(self, metrics: dict[str, float], tags: dict[str, Any]) -> None:
         pass
 
@@ -154,10 +157,10 @@ class NullTracker:
 def stage_run(cfg: Config, stage: str) -> Iterator[Tracker | NullTracker]:
     """Open the MLflow run of one stage, nested under the pipeline's parent run.
 
-    Tags the run with the stage, backbone, git commit
-    and data/feature fingerprints. An exception inside the block marks the run FAILED (KILLED for
-    Ctrl-C) and is re-raised. Re-entering for the stage whose run is already active (the CLI
-    wraps a stage that opens its own run) yields that run again.
+    Tags the run with the stage, backbone, git commit and data/feature fingerprints. An
+    exception inside the block marks the run FAILED (KILLED for Ctrl-C) and is re-raised.
+    Re-entering for the stage whose run is already active (the CLI wraps a stage that opens its
+    own run) yields that run again.
 
     Yields:
         A :class:`Tracker` for ``stage`` (a :class:`NullTracker` when ``tracking.enabled`` is

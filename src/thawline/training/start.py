@@ -106,6 +106,7 @@ class StartChecks:
     def __init__(self, start: Start, val_count: int, num_classes: int, inner: EpochCallback | None):
         self.start, self.val_count, self.inner = start, val_count, inner
         self.uniform = math.log(num_classes)  # the loss of a uniform guess, smoothed or not
+        self.chance = 1 / num_classes
         self.findings: list[str] = []
         self._head_only_seen = False
 
@@ -125,11 +126,14 @@ class StartChecks:
 
     def _epoch_zero(self, metrics: dict[str, float]) -> None:
         accuracy, expected = metrics["val_accuracy"], self.start.expected
-        if metrics["val_loss"] >= self.uniform:
+        # A high loss with accuracy well above chance is an overconfident head (a probe picked by
+        # accuracy on a few dozen images), not one that misreads the features.
+        if metrics["val_loss"] >= self.uniform and accuracy < 2 * self.chance:
             self._warn(
                 f"the starting model's validation loss {metrics['val_loss']:.3f} is no better "
-                f"than a uniform guess ({self.uniform:.3f}): the head does not fit the backbone's "
-                "features; rerun extract and train_head"
+                f"than a uniform guess ({self.uniform:.3f}) and its accuracy {accuracy:.3f} is "
+                "near chance: the head does not fit the backbone's features; rerun extract and "
+                "train_head"
             )
         if expected is None or abs(accuracy - expected) <= MATCH:
             log.info("finetune: epoch 0 (no step yet): val accuracy %.4f", accuracy)
