@@ -1,5 +1,6 @@
 # The two commands a new user needs (see README):
 #   make run    set everything up, then run the pipeline (dvc repro)
+#   make run-text   the same for text: BBC News on MiniLM, offline (examples/text/)
 #   make test   set everything up, then lint (ruff, import contracts) and run the fast test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data run full test test-all bench clean
+.PHONY: setup data run run-text full test test-all bench clean
 
 setup: $(VENV)/.installed data
 
@@ -30,6 +31,11 @@ data:
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 	@$(BIN)/thawline summary
+
+# Text: examples/text/ is a DVC project of its own (BBC News, all-MiniLM-L6-v2, both from PyPI).
+run-text: $(VENV)/.installed
+	cd examples/text && PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	@cd examples/text && $(CURDIR)/$(BIN)/thawline summary
 
 # The longer fine-tuning profile of docs/benchmarks.md, as a DVC experiment on top of `make run`'s
 # pipeline: the top 3 layer groups for 1 epoch, then all of them for 8 (>= 0.94 test accuracy;

@@ -43,6 +43,10 @@ class BadImageError(InputError, ValueError):
     """An image file that cannot be decoded, or is too large to decode safely."""
 
 
+class BadDocumentError(InputError, ValueError):
+    """A text document that is empty, binary or not UTF-8 (under ``prepare.decoding: strict``)."""
+
+
 class WeightsError(InputError):
     """Backbone weights that cannot be had or do not fit the architecture."""
 

@@ -1,6 +1,8 @@
-"""``thawline predict``: top-k labels for image files and folders from a registered model.
+"""``thawline predict``: top-k labels for image files and folders from a registered model, or
+for documents from a text model (strings, text files, folders of them, CSV files).
 
 thawline predict --model models:/thawline@champion photo.jpg folder/ --top-k 3 --csv out.csv
+thawline predict --model models:/thawline-text@champion --text "Shares fell..." news/ rows.csv
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def predict_paths(
-    model_uri: str, paths: list[Path], top_k: int = 3, tracking_uri: str | None = None
+    model_uri: str,
+    paths: list[Path],
+    top_k: int = 3,
+    tracking_uri: str | None = None,
+    texts: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Classify image files (folders expand to their images).
 
@@ -65,8 +71,10 @@ def predict_paths(
     """
     from thawline.tracking import load_model  # mlflow loads only when predicting
 
-    files = image_files(paths)
     model = load_model(model_uri, tracking_uri)
+    if model.modality == "text" or texts:
+        return _predict_documents(model, paths, texts or [], top_k)
+    files = image_files(paths)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
@@ -74,6 +82,45 @@ def predict_paths(
         for file, probs in zip(chunk, table["probabilities"], strict=True):
             rows.append(_row(file, np.asarray(probs, dtype=float), model.classes, top_k))
     return rows
+
+
+def _predict_documents(model, paths: list[Path], texts: list[str], top_k: int):
+    """Documents: ``--text`` strings, text files, folders of them and CSV files (``text``)."""
+    if model.modality != "text":
+        raise BadImageError(f"{model.source}: an image model; --text needs a text model")
+    named = [(f"text {i + 1}", t) for i, t in enumerate(texts)] + documents(paths)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(named), CHUNK):
+        chunk = named[start : start + CHUNK]
+        table = model.predict([text for _, text in chunk])
+        for (name, _), probs in zip(chunk, table["probabilities"], strict=True):
+            rows.append(_row(name, np.asarray(probs, dtype=float), model.classes, top_k))
+    return rows
+
+
+def documents(paths: list[Path]) -> list[tuple[str, str]]:
+    """``(name, text)`` for text files, the ``.txt`` files inside folders, and the ``text``
+    column of CSV files (named ``file:row``).
+
+    Raises:
+        BadImageError: A path that does not exist, or a CSV file without a ``text`` column.
+    """
+    found: list[tuple[str, str]] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*.txt") if not _hidden(p.relative_to(path)))
+            found += [(str(p), p.read_text(errors="replace")) for p in files]
+        elif path.suffix.lower() == ".csv" and path.is_file():
+            with open(path, newline="", errors="replace") as f:
+                reader = csv.DictReader(f)
+                if "text" not in (reader.fieldnames or []):
+                    raise BadImageError(f"{path}: no 'text' column ({reader.fieldnames})")
+                found += [(f"{path}:{i}", row["text"]) for i, row in enumerate(reader, start=2)]
+        elif path.is_file():
+            found.append((str(path), path.read_text(errors="replace")))
+        else:
+            raise BadImageError(f"{path}: no such file or folder")
+    return found
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -91,7 +138,15 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="MLflow store holding the model (default: $MLFLOW_TRACKING_URI, else "
         "sqlite:///mlflow.db)",
     )
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="images or folders")
+    parser.add_argument(
+        "--text", action="append", default=[], metavar="STRING",
+        help="a document to classify with a text model (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH",
+        help="images or folders; for a text model: text files, folders of .txt files, or CSV "
+        "files with a 'text' column",
+    )  # fmt: skip
     return parser
 
 
@@ -100,11 +155,15 @@ def main_predict(args: argparse.Namespace) -> int:
     from thawline.tracking import mlflow_errors
 
     with mlflow_errors():
+        texts = getattr(args, "text", None) or []
+        if not args.paths and not texts:
+            print("thawline predict: give image or text paths, or --text", file=sys.stderr)
+            return BAD_INPUT
         rows = predict_paths(
-            args.model, args.paths, args.top_k, getattr(args, "tracking_uri", None)
+            args.model, args.paths, args.top_k, getattr(args, "tracking_uri", None), texts
         )
     if not rows:
-        print(f"thawline: no image files in {[str(p) for p in args.paths]}", file=sys.stderr)
+        print(f"thawline: nothing to classify in {[str(p) for p in args.paths]}", file=sys.stderr)
         return BAD_INPUT
     width = max(len(str(row["path"])) for row in rows)
     for row in rows:
@@ -126,7 +185,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
                 writer.writerow([row["path"], rank, label, f"{p:.6f}"])
 
 
-def _row(file: Path, probs: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
+def _row(file: Path | str, probs: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
     order = np.argsort(-probs, kind="stable")[:top_k]
     top = [(classes[i], float(probs[i])) for i in order]
     return {"path": str(file), "label": top[0][0], "probability": top[0][1], "top": top}

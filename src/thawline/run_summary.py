@@ -15,14 +15,16 @@ def summary_lines(cfg: Config) -> list[str]:
     if not metrics:
         return [f"no evaluation in {cfg.paths.evaluation} yet: run 'dvc repro'"]
     lines = ["test accuracy:"]
-    for model in MODELS:
+    text = cfg.data.modality == "text"
+    baselines = [k.removesuffix("_accuracy") for k in metrics if k.endswith("_accuracy")]
+    for model in [*MODELS, *(b for b in baselines if b not in MODELS)]:  # + TF-IDF for text
         if (value := metrics.get(f"{model}_accuracy")) is not None:
             lines.append(f"  {model:<10} {value:.4f}")
     if "accuracy_ci_low" in metrics:
         lines.append(
             f"  chosen model: {metrics['accuracy']:.4f} (95% interval "
             f"{metrics['accuracy_ci_low']:.4f}-{metrics['accuracy_ci_high']:.4f}, "
-            f"{int(metrics['examples'])} images)"
+            f"{int(metrics['examples'])} {'documents' if text else 'images'})"
         )
     registration = read_registration(cfg.paths.registration)
     if registration.get("registered"):
@@ -38,6 +40,7 @@ def summary_lines(cfg: Config) -> list[str]:
         f"  thawline report              HTML report in {cfg.paths.report}",
         f"  mlflow ui --backend-store-uri {uri}",
         "  dvc metrics show             (dvc metrics diff after a change)",
-        f"  thawline predict --model models:/{cfg.registry.model_name}@champion IMAGE...",
+        f"  thawline predict --model models:/{cfg.registry.model_name}@champion "
+        + ("--text 'A DOCUMENT' FILE..." if text else "IMAGE..."),
     ]
     return lines

@@ -233,7 +233,7 @@ def test_a_class_with_one_image_is_reported_as_unmeasured(tmp_path, fashion_mnis
         prepare.run(cfg, progress=False)
     manifest = read_manifest(cfg.paths.prepared)
     assert manifest["classes_without_examples"]["test"] == ["rare"]
-    assert "have no test images" in caplog.text and "rare" in caplog.text
+    assert "have no test examples" in caplog.text and "rare" in caplog.text
 
 
 def test_mixed_sizes_without_image_size_are_refused(tmp_path, fashion_mnist_arrays):

@@ -24,7 +24,10 @@ from thawline.config import ConfigError, config_from_dict
         ),
         ({"extract": {"dtype": "int8"}}, "extract.dtype: Input should be 'float16', 'bfloat16'"),
         ({"prepare": {"val_fraction": 1.5}}, "prepare.val_fraction: Input should be less than 1"),
-        ({"backbone": {"name": "resnet18"}}, "must be 'timm:<model>' or 'torchvision:<model>'"),
+        (
+            {"backbone": {"name": "resnet18"}},
+            "must be 'timm:<model>', 'torchvision:<model>' or 'hf:",
+        ),
         ({"backbone": {"name": "timm:resnet_nope"}}, "timm has no model 'resnet_nope'"),
         ({"backbone": {"name": "torchvision:resnet_nope"}}, "torchvision has no classification"),
         (
@@ -35,7 +38,11 @@ from thawline.config import ConfigError, config_from_dict
         ({"data": {"source": "imagefolder", "root": None}}, "data.root: required when data.source"),
         ({"data": {"source": "imagefolder", "root": "/no/such/dir"}}, "'/no/such/dir' does not"),
         ({"data": {"source": "torchvision", "name": "NotADataset"}}, "data.name: 'NotADataset'"),
-        ({"data": {"source": "csv"}}, "data.source: Input should be 'fashion-mnist'"),
+        ({"data": {"source": "parquet"}}, "data.source: Input should be 'fashion-mnist'"),
+        (
+            {"data": {"source": "csv"}},
+            "data.root: '/usr/share/datasets/fashion-mnist' is not a file",
+        ),
         ({"head": {"lr": 0}}, "head.lr: Input should be greater than 0 (got 0)"),
         ({"head": {"lr": -0.1}}, "head.lr: Input should be greater than 0 (got -0.1)"),
         (

@@ -71,7 +71,26 @@ class Config(Section):
     @model_validator(mode="after")
     def _placed(self) -> Config:
         self.place("")  # every section learns its key, for record_reads
+        if self.data.modality != self.backbone.modality:
+            example = {
+                "text": "hf:sentence-transformers/all-MiniLM-L6-v2",
+                "image": "timm:tf_efficientnet_lite0",
+            }[self.data.modality]
+            raise ValueError(
+                f"backbone.name: '{self.backbone.name}' is {_a(self.backbone.modality)} model but "
+                f"data.source '{self.data.source}' holds {self.data.modality}; use e.g. "
+                f"{example}"
+            )
+        if self.finetune.thaw == "lora" and self.backbone.modality != "text":
+            raise ValueError(
+                "finetune.thaw: 'lora' adapts a text backbone's attention and feed-forward "
+                f"layers; {self.backbone.name} is an image model: use thaw: layers"
+            )
         return self
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:

@@ -15,11 +15,14 @@ from pathlib import Path
 
 def check_backbone_name(name: str) -> None:
     library, _, model = name.partition(":")
-    if library not in ("timm", "torchvision") or not model:
+    if library not in ("timm", "torchvision", "hf") or not model:
         raise ValueError(
-            f"backbone.name: '{name}' must be 'timm:<model>' or 'torchvision:<model>', "
-            "e.g. timm:tf_efficientnet_lite0 or torchvision:resnet18"
+            f"backbone.name: '{name}' must be 'timm:<model>', 'torchvision:<model>' or "
+            "'hf:<hub name or local folder>', e.g. timm:tf_efficientnet_lite0, "
+            "torchvision:resnet18 or hf:sentence-transformers/all-MiniLM-L6-v2"
         )
+    if library == "hf":  # a hub name or a folder: the adapter says what it cannot load
+        return
     if _known(library, name):
         return
     if library == "timm":

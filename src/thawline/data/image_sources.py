@@ -120,10 +120,11 @@ class ImageFolder:
     """
 
     in_memory = False
+    kind = "images"  # for messages
 
     def __init__(self, root: Path, prepare: PrepareParams):
         self.root = root.resolve()
-        self.max_pixels = prepare.max_pixels
+        self.prepare = prepare
         self.problems: list[str] = []
         split_roots = {
             SPLIT_NAMES[p.name.lower()]: p
@@ -136,7 +137,7 @@ class ImageFolder:
         per_split = {split: self._scan(folder) for split, folder in layout.items()}
         self.classes = sorted(per_split["train" if split_roots else None])
         if not self.classes:
-            raise SourceError(f"{root}: no class folder with images found")
+            raise SourceError(f"{root}: no class folder with {self.kind} found")
         index = {name: i for i, name in enumerate(self.classes)}
         self.items = []
         for split, found in per_split.items():
@@ -159,12 +160,16 @@ class ImageFolder:
             dirnames[:] = sorted(d for d in dirnames if _visible(d))
             for name in filenames:
                 path = Path(dirpath) / name
-                if not _visible(name) or not is_image_file(path):
+                if not _visible(name) or not self.accepts(path):
                     continue
                 if path.is_symlink() and not path.resolve().is_relative_to(self.root):
                     self.problems.append(f"{path}: symlink leaves the data root {self.root}")
                     continue
                 yield path.relative_to(self.root).as_posix()
+
+    @staticmethod
+    def accepts(path: Path) -> bool:
+        return is_image_file(path)
 
     def load(self, index: int) -> tuple[str, Image.Image]:
         key = self.items[index].key
@@ -173,7 +178,7 @@ class ImageFolder:
             data = path.read_bytes()
         except OSError as err:
             raise BadImageError(f"{path}: cannot read ({err.strerror})") from None
-        return sha256_bytes(data), decode_image(data, str(path), self.max_pixels)
+        return sha256_bytes(data), decode_image(data, str(path), self.prepare.max_pixels)
 
     def digest(self, index: int) -> str:
         try:

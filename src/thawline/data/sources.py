@@ -1,10 +1,10 @@
 """Data sources for ``prepare``, whatever their items are.
 
 A source lists its items (a key, a label and the split it came with, if any) and loads one item as
-``(sha256 of its content, the item)``: an RGB image today (``image_sources.py``), a document
-tomorrow. Everything after that (subsampling, splitting, duplicate checks, the prepared store of
-named tensors) is source-independent and lives in ``prepare``. The content hash is what the
-store, the feature cache's row reuse and the retrain flow's change check key on.
+``(sha256 of its content, the item)``: an RGB image (``image_sources.py``) or a document
+(``text_sources.py``). Everything after that (subsampling, splitting, duplicate checks, the
+prepared store of named tensors) is source-independent and lives in ``prepare``. The content
+hash is what the store, the feature cache's row reuse and the retrain flow's change check key on.
 """
 
 from __future__ import annotations
@@ -38,7 +38,16 @@ def open_source(data: DataParams, prepare: PrepareParams) -> Source:
     if data.source == "imagefolder":
         assert data.root is not None  # checked by the config
         return ImageFolder(data.root, prepare)
-    return TorchvisionDataset(data)
+    if data.source == "torchvision":
+        return TorchvisionDataset(data)
+    from thawline.data.text_sources import BBCNews, TableSource, TextFolder
+
+    if data.source == "textfolder":
+        assert data.root is not None
+        return TextFolder(data.root, prepare)
+    if data.source == "bbc-news":
+        return BBCNews(prepare)
+    return TableSource(data, prepare)
 
 
 def chosen_items(source: Source, limit: int | None, seed: int) -> list[int]:

@@ -4,8 +4,9 @@ Layout of ``paths.prepared``::
 
     manifest.json        classes, per-split keys + content hashes, counts, duplicates, skipped files
     train.safetensors    the items' named tensors + labels int64 [N]; for images:
-    val.safetensors      ``images`` uint8 [N, 3, S, S] (tomorrow, for text: token ids and masks)
-    test.safetensors
+    val.safetensors      ``images`` uint8 [N, 3, S, S]; for text: ``input_ids`` int16/int32
+    test.safetensors     [N, L], ``attention_mask`` uint8 [N, L], and the normalised texts
+                         (``text_bytes`` uint8, UTF-8, cut at ``[text_offsets[i], [i+1])``)
 
 Later stages never decode a source file again; they read these tensors. This module is the only
 one that knows the layout and the manifest's keys: everything else asks :class:`PreparedStore`.
@@ -13,6 +14,7 @@ one that knows the layout and the manifest's keys: everything else asks :class:`
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from thawline.errors import StoreError
 from thawline.files import read_json, save_tensors, sha256_file, sha256_json, write_json
 
 SPLITS = ("train", "val", "test")
+STORED_CHARS = 100_000  # text kept per document (for the TF-IDF baseline and the report)
 MANIFEST = "manifest.json"
 
 
@@ -36,11 +39,20 @@ class SplitData:
     hashes: list[str]
     labels: torch.Tensor  # int64 [N]
     tensors: dict[str, torch.Tensor]  # the items, by name: {"images": uint8 [N, 3, S, S]}
+    texts: list[str] | None = None  # text stores: each document's normalised text
 
     @property
     def images(self) -> torch.Tensor:
         """The ``images`` tensor of an image store."""
         return self.tensors["images"]
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """What the model takes, one row per item: images, or ids and mask ``[N, 2, L]``."""
+        if "images" in self.tensors:
+            return self.tensors["images"]
+        ids, mask = self.tensors["input_ids"], self.tensors["attention_mask"]
+        return torch.stack([ids.to(torch.int32), mask.to(torch.int32)], dim=1)
 
 
 def split_fingerprint(keys: list[str], hashes: list[str], labels: list[int]) -> str:
@@ -54,9 +66,10 @@ def write_store(folder: Path, splits: dict[str, SplitData], info: dict[str, Any]
     for name, split in splits.items():
         labels = split.labels.tolist()
         fingerprint = split_fingerprint(split.keys, split.hashes, labels)
+        texts = _packed(split.texts) if split.texts is not None else {}
         digest = save_tensors(
             folder / f"{name}.safetensors",
-            {**split.tensors, "labels": split.labels},
+            {**split.tensors, **texts, "labels": split.labels},
             metadata={"split": name, "fingerprint": fingerprint},
         )
         manifest["splits"][name] = {
@@ -66,8 +79,11 @@ def write_store(folder: Path, splits: dict[str, SplitData], info: dict[str, Any]
             "keys": split.keys,
             "sha256": split.hashes,
         }
+    what = {"size": info.get("image_size")} | (
+        {"tokens": info["tokens"]} if "tokens" in info else {}
+    )
     manifest["fingerprint"] = sha256_json(
-        {n: s["fingerprint"] for n, s in manifest["splits"].items()} | {"size": info["image_size"]}
+        {n: s["fingerprint"] for n, s in manifest["splits"].items()} | what
     )
     write_json(folder / MANIFEST, manifest)
     return manifest
@@ -106,8 +122,19 @@ class PreparedStore:
         return list(self.manifest["classes"])
 
     @property
-    def image_size(self) -> int:
-        return int(self.manifest["image_size"])
+    def image_size(self) -> int | None:
+        """The stored square size of an image store (None for text)."""
+        size = self.manifest.get("image_size")
+        return None if size is None else int(size)
+
+    @property
+    def modality(self) -> str:
+        return self.manifest.get("modality", "image")
+
+    @property
+    def tokens(self) -> dict | None:
+        """A text store's tokenizer, ``max_length``, truncation and padding id."""
+        return self.manifest.get("tokens")
 
     @property
     def splits(self) -> list[str]:
@@ -156,7 +183,21 @@ def load_split(folder: Path, name: str, verify: bool = True) -> SplitData:
         labels = f.get_tensor("labels")
         names = [name for name in f.keys() if name != "labels"]  # noqa: SIM118
     tensors = {name: _mapped(path, name) for name in names}
-    return SplitData(entry["keys"], entry["sha256"], labels, tensors)
+    texts = _unpacked(tensors.pop("text_bytes"), tensors.pop("text_offsets")) if (
+        "text_bytes" in tensors) else None  # fmt: skip
+    return SplitData(entry["keys"], entry["sha256"], labels, tensors, texts)
+
+
+def _packed(texts: list[str]) -> dict[str, torch.Tensor]:
+    encoded = [t[:STORED_CHARS].encode("utf-8") for t in texts]
+    offsets = np.cumsum([0, *(len(b) for b in encoded)], dtype=np.int64)
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+    return {"text_bytes": torch.from_numpy(data), "text_offsets": torch.from_numpy(offsets)}
+
+
+def _unpacked(data: torch.Tensor, offsets: torch.Tensor) -> list[str]:
+    raw, cuts = data.numpy().tobytes(), offsets.tolist()
+    return [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(cuts)]
 
 
 def _mapped(path: Path, name: str) -> torch.Tensor:

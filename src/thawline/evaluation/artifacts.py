@@ -213,6 +213,13 @@ def _write_pngs(out: Path, ev: Evaluation, scored, history, classes, images) -> 
     if len(ev.top_losses) == 0 or images is None:
         (out / "gallery.png").unlink(missing_ok=True)
         return
+    if isinstance(images, list):  # documents: the top losses as text, not a picture
+        write_json(out / "gallery.json", [
+            {"true": classes[labels[i]], "pred": classes[ev.pred[i]],
+             "p": round(float(probs[i, ev.pred[i]]), 4), "text": images[i][:600]}
+            for i in ev.top_losses
+        ])  # fmt: skip
+        return
     titles = [
         f"true: {classes[labels[i]]}\npred: {classes[ev.pred[i]]} (p={probs[i, ev.pred[i]]:.2f})"
         for i in ev.top_losses

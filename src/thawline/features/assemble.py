@@ -15,7 +15,7 @@ from thawline.errors import CacheError, EvaluationError
 from thawline.features.cache import MANIFEST, FeatureCache
 from thawline.models.backbone import weights_sha256
 from thawline.models.classifier import Classifier, build_classifier
-from thawline.models.preprocess import Preprocess
+from thawline.models.preprocess import preprocess_for, preprocess_from_spec
 from thawline.models.storage import head_files, load_head
 
 
@@ -35,12 +35,10 @@ def build_model(cfg: Config) -> Classifier:
             f"{cache.folder / MANIFEST}: the features come from {cache.parts['backbone']}, not "
             f"backbone.name={cfg.backbone.name}; rerun extract and train_head"
         )
-    recorded = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in cache.parts["transform"].items()
-    }
     model = build_classifier(
-        cfg.backbone.name, cfg.backbone.weights, cache.layers, Preprocess(**recorded), head,
-        cache.classes, store.image_size,
+        cfg.backbone.name, cfg.backbone.weights, cache.layers,
+        preprocess_from_spec(cache.parts["transform"]), head, cache.classes, store.image_size,
+        cfg.backbone.pooling,
     )  # fmt: skip
     backbone = model.features.backbone
     if weights_sha256(backbone) != cache.parts["weights_sha256"]:
@@ -48,7 +46,9 @@ def build_model(cfg: Config) -> Classifier:
             f"{cfg.paths.features}: the features come from other {cfg.backbone.name} weights than "
             f"backbone.weights={cfg.backbone.weights}; rerun extract and train_head"
         )
-    configured = Preprocess.from_backbone(backbone, cfg.extract.image_size, cfg.extract.crop_pct)
+    configured = preprocess_for(
+        backbone, cfg.extract.image_size, cfg.extract.crop_pct, store.tokens
+    )
     if configured != model.preprocess:
         raise CacheError(
             f"{cfg.paths.features}: extracted with preprocessing {model.preprocess.spec()}, but "

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from thawline.errors import ConfigError
 from thawline.models.backbone import Backbone
-from thawline.models.preprocess import PooledFeatures, Preprocess
+from thawline.models.preprocess import PooledFeatures, Preprocess, channels_last
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,18 @@ def uses_jit(device: torch.device, amp: torch.dtype | None, jit: bool) -> bool:
     return jit and device.type == "cpu" and amp == torch.bfloat16
 
 
-def compute_mode(device: torch.device, amp: torch.dtype | None, jit: bool) -> str:
+def bf16_weights(device: torch.device, amp: torch.dtype | None, text: bool) -> bool:
+    """Whether a text encoder runs with its weights cast to bf16 (CPU with native bf16): autocast
+    would cast every weight again in every batch."""
+    return text and device.type == "cpu" and amp == torch.bfloat16
+
+
+def compute_mode(
+    device: torch.device, amp: torch.dtype | None, jit: bool, text: bool = False
+) -> str:
     """How features are computed, for the fingerprint: the numbers differ between modes."""
+    if bf16_weights(device, amp, text):
+        return "bf16-weights"
     if uses_jit(device, amp, jit):
         return "bf16-weights-jit"
     return f"autocast-{str(amp).removeprefix('torch.')}" if amp else "float32"
@@ -77,10 +87,16 @@ class FeatureExtractor:
             )
         self.device, self.amp, self.layers, self.preprocess = device, amp, layers, preprocess
         self.net = PooledFeatures(backbone, layers).eval().requires_grad_(False).to(device)
-        self.net = self.net.to(memory_format=torch.channels_last)
+        # Token ids in: no channels-last layout, no tracing (SDPA attention runs eagerly).
+        self.text = getattr(preprocess, "kind", "image") == "text"
+        if not self.text:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        elif bf16_weights(device, amp, self.text):
+            self.net = self.net.to(torch.bfloat16)
+            self.amp = None  # already in bf16: no autocast
         self.input_dtype = torch.float32
         self._traced: torch.jit.ScriptModule | None = None
-        self._jit = uses_jit(device, amp, jit)
+        self._jit = uses_jit(device, amp, jit) and not self.text
 
     def _trace(self, x: torch.Tensor) -> None:
         self.net = self.net.to(torch.bfloat16)
@@ -98,17 +114,20 @@ class FeatureExtractor:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Resized uint8 images ``[B, 3, S, S]`` to float32 features ``[B, D]``."""
         images = images.to(self.device, non_blocking=True)
+        if self.text:
+            return self.features(images)
         return self.features(self.preprocess.normalize(images, self.input_dtype))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised float input ``[B, 3, S, S]`` to float32 features ``[B, D]``."""
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = channels_last(x.to(self.device, non_blocking=True))
         with torch.inference_mode():
             if self._jit and self._traced is None:
                 self._trace(x)
             if self._traced is not None:
                 return self._traced(x.to(self.input_dtype)).float()
-            x = x.to(self.input_dtype)
+            if x.is_floating_point():
+                x = x.to(self.input_dtype)
             if self.amp is None or self.input_dtype == self.amp:
                 return self.net(x).float()
             with torch.autocast(self.device.type, dtype=self.amp):
@@ -116,8 +135,14 @@ class FeatureExtractor:
 
     def warm_up(self, batch_size: int) -> None:
         """Trace (when jitting) and run one batch, so timings measure steady-state throughput."""
+        self.features(self._dummy(batch_size))
+
+    def _dummy(self, batch_size: int) -> torch.Tensor:
+        """A batch of the model's input kind: blank images, or short all-real token rows."""
+        if self.text:
+            return torch.ones(batch_size, 2, 16, dtype=torch.int32, device=self.device)
         size = self.preprocess.size
-        self.features(torch.zeros(batch_size, 3, size, size, device=self.device))
+        return torch.zeros(batch_size, 3, size, size, device=self.device)
 
     def widths(self) -> list[int]:
         """Width of each part of the feature vector: pre-logits, then each hooked layer."""
@@ -126,9 +151,8 @@ class FeatureExtractor:
     @functools.cached_property
     def _widths(self) -> tuple[int, ...]:
         # Measured once in fp32, before warm_up may cast the network to bf16 for tracing.
-        size = self.preprocess.size
         with torch.inference_mode():
-            return tuple(self.net.widths(torch.zeros(1, 3, size, size, device=self.device)))
+            return tuple(self.net.widths(self._dummy(1)))
 
     @property
     def num_features(self) -> int:

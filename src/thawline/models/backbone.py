@@ -1,11 +1,11 @@
 """One backbone protocol for every pretrained model, in timm's vocabulary, and its adapters.
 
 ``create_backbone(BackboneParams(name="timm:tf_efficientnet_lite0", weights="packaged"))`` asks
-the adapter of the name's library (``ADAPTERS``: timm and torchvision today, a place for a
-transformers one beside them) for a :class:`FeatureBackbone`:
+the adapter of the name's library (``adapters()``: timm, torchvision and Hugging Face
+transformers, ``hf_adapter.py``) for a :class:`FeatureBackbone`:
 
 - ``data_config``: the preprocessing spec from the weights, never constants (images: input size,
-  interpolation, mean/std and crop; text, tomorrow: the tokenizer and maximum length);
+  interpolation, mean/std and crop; text: the maximum length and the padding id);
 - ``forward_features(x)``: pooled features ``[B, num_features]`` (pre-logits for images, the
   pooled last hidden state for text);
 - ``feature_layers()``: named hook points, bottom to top (stages; encoder layers);
@@ -100,11 +100,15 @@ def create_backbone(cfg: BackboneParams) -> Backbone:
         WeightsError: Weights that cannot be found, fetched offline, or matched.
     """
     library, _, name = cfg.name.partition(":")
+    if library == "hf":
+        from thawline.models.hf_adapter import hf_backbone
+
+        return hf_backbone(name, cfg.weights, cfg.pooling)
     return adapters()[library](name, cfg.weights)
 
 
 def adapters() -> dict[str, Callable[[str, str], Backbone]]:
-    """The adapter of each model library, by the prefix of ``backbone.name``."""
+    """The adapter of each image model library, by the prefix of ``backbone.name``."""
     from thawline.models.timm_adapter import timm_backbone
     from thawline.models.torchvision_adapter import torchvision_backbone
 

@@ -11,11 +11,12 @@ from torch import nn
 from thawline.config import BackboneParams
 from thawline.models.backbone import create_backbone
 from thawline.models.head import Head
-from thawline.models.preprocess import PooledFeatures, Preprocess
+from thawline.models.preprocess import PooledFeatures, Preprocess, channels_last
 
 
 class Classifier(nn.Module):
-    """uint8 images ``[B, 3, S, S]`` (the stored size) to logits ``[B, classes]``."""
+    """uint8 images ``[B, 3, S, S]`` (the stored size), or token ids and masks ``[B, 2, L]``,
+    to logits ``[B, classes]``."""
 
     def __init__(self, features: PooledFeatures, head: Head, preprocess: Preprocess, spec: dict):
         super().__init__()
@@ -32,11 +33,15 @@ class Classifier(nn.Module):
     def image_size(self) -> int:
         return int(self.spec["image_size"])
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images
-        if x.dtype == torch.uint8:  # raw images: resize, crop and normalise as in extraction
+    @property
+    def modality(self) -> str:
+        return "text" if self.spec["preprocess"].get("kind") == "text" else "image"
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs
+        if not x.is_floating_point():  # raw images (resize, crop, normalise) or tokens (trim)
             x = self.preprocess(x)
-        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
+        return self.head(self.features(channels_last(x)))
 
 
 def build_classifier(
@@ -46,10 +51,11 @@ def build_classifier(
     preprocess: Preprocess,
     head: Head,
     classes: list[str],
-    image_size: int,
+    image_size: int | None,
+    pooling: str = "mean",
 ) -> Classifier:
     """Assemble a classifier from a backbone (with its weights) and a trained head."""
-    backbone = create_backbone(BackboneParams(name=backbone_name, weights=weights))
+    backbone = create_backbone(BackboneParams(name=backbone_name, weights=weights, pooling=pooling))
     spec = {
         "backbone": backbone_name,
         "layers": list(layers),
@@ -58,4 +64,6 @@ def build_classifier(
         "classes": list(classes),
         "image_size": image_size,
     }
+    if backbone_name.startswith("hf:"):
+        spec["pooling"] = pooling
     return Classifier(PooledFeatures(backbone, list(layers)), head, preprocess, spec)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,6 +27,7 @@ class Preprocess:
     interpolation: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    augmentable: ClassVar[bool] = True  # training may flip and shift
 
     @classmethod
     def from_backbone(cls, backbone: Backbone, size: int | None, crop_pct: float | None):
@@ -64,6 +65,42 @@ class Preprocess:
         return self.normalize(self.resize(images))
 
 
+def preprocess_for(backbone, size: int | None, crop_pct: float | None, prepared=None):
+    """The input transform of ``backbone``: images resized and normalised, or text trimmed.
+
+    ``prepared`` (a text store's manifest ``tokens`` entry) gives text its length and padding.
+    """
+    if backbone.data_config.get("modality") != "text":
+        return Preprocess.from_backbone(backbone, size, crop_pct)
+    from thawline.models.text_input import TextPreprocess
+
+    tokens = prepared or {}
+    return TextPreprocess(
+        max_length=int(tokens.get("max_length", backbone.data_config["max_length"])),
+        truncation=str(tokens.get("truncation", "head")),
+        pad_id=int(tokens.get("pad_id", backbone.data_config["pad_id"])),
+    )
+
+
+def preprocess_from_spec(spec: dict[str, Any]):
+    """Rebuild a saved model's input transform from its ``spec()``."""
+    if spec.get("kind") == "text":
+        from thawline.models.text_input import TextPreprocess
+
+        return TextPreprocess(**spec)
+    return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+def item_unit(preprocess) -> str:
+    """What progress bars count: images, or documents."""
+    return "doc" if getattr(preprocess, "kind", "image") == "text" else "img"
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Image batches in channels-last memory (faster convolutions); anything else as it is."""
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
 def pool(output: torch.Tensor) -> torch.Tensor:
     """Global-average-pool a hooked output: NCHW maps, [B, tokens, D] sequences, or vectors."""
     if isinstance(output, (tuple, list)):
@@ -86,14 +123,18 @@ class PooledFeatures(nn.Module):
         self.backbone = backbone
         self.layers = layers
         self._captured: list[torch.Tensor] = []
+        # A text backbone pools its layers itself, over the real tokens only (no hooks).
+        self._own_layers = getattr(backbone, "data_config", {}).get("modality") == "text"
         modules = dict(backbone.model.named_modules())
-        for name in layers:
+        for name in [] if self._own_layers else layers:
             modules[name].register_forward_hook(self._capture)
 
     def _capture(self, _module: nn.Module, _inputs, output) -> None:
         self._captured.append(pool(output))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._own_layers:
+            return self.backbone.forward_features(x, self.layers)
         self._captured = []
         pooled = pool(self.backbone.forward_features(x))
         out = torch.cat([pooled, *self._captured], dim=1)
@@ -101,6 +142,8 @@ class PooledFeatures(nn.Module):
         return out
 
     def widths(self, x: torch.Tensor) -> list[int]:
+        if self._own_layers:
+            return [self.backbone.num_features] * (1 + len(self.layers))
         self._captured = []
         widths = [pool(self.backbone.forward_features(x)).shape[1]]
         widths += [t.shape[1] for t in self._captured]

@@ -8,6 +8,8 @@ Both are a folder of two files, safetensors weights (no pickle) and a JSON spec:
     model.safetensors + model.json   every parameter and buffer of backbone + head; how to
                                      rebuild it (backbone, hooked layers, preprocessing, head
                                      spec, classes, stored image size)
+    hf/                              text models: config.json and the tokenizer's files, so a
+                                     saved or served text model needs no hub and no package
 
 This module alone knows those names. Loading rebuilds the architecture from the JSON with random
 init (no download), then loads the tensors, so loading never unpickles anything.
@@ -24,10 +26,11 @@ from safetensors.torch import load_file, save_file
 from thawline.files import atomic_path, read_json, write_json
 from thawline.models.classifier import Classifier, build_classifier
 from thawline.models.head import Head
-from thawline.models.preprocess import Preprocess
+from thawline.models.preprocess import preprocess_from_spec
 
 HEAD_WEIGHTS, HEAD_SPEC = "head.safetensors", "head.json"
 MODEL_WEIGHTS, MODEL_SPEC = "model.safetensors", "model.json"
+HF_FILES = "hf"
 
 
 def _save(folder: Path, module: torch.nn.Module, spec: dict, names: tuple[str, str], kind: str):
@@ -69,19 +72,33 @@ def head_files(folder: Path) -> HeadFiles:
 
 
 def save_classifier(model: Classifier, folder: Path) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``folder`` (atomically, each)."""
+    """Write ``model.safetensors`` and ``model.json`` into ``folder`` (atomically, each), and
+    for a text model its config and tokenizer files into ``hf/``."""
+    source = getattr(model.features.backbone, "folder", None)
+    if source is not None and Path(source).resolve() != (Path(folder) / HF_FILES).resolve():
+        from thawline.models.text_weights import copy_model_files
+
+        copy_model_files(Path(source), Path(folder) / HF_FILES)
     return _save(Path(folder), model, model.spec, (MODEL_WEIGHTS, MODEL_SPEC), "classifier")
 
 
 def load_classifier(folder: Path) -> Classifier:
     """Rebuild a saved classifier (random init, no download) and load its tensors."""
     spec: dict[str, Any] = read_json(Path(folder) / MODEL_SPEC)
-    preprocess = Preprocess(**{k: _tuple(v) for k, v in spec["preprocess"].items()})
+    name = spec["backbone"]
+    if name.startswith("hf:"):  # the architecture and tokenizer saved beside the weights
+        name = f"hf:{(Path(folder) / HF_FILES).resolve()}"
     model = build_classifier(
-        spec["backbone"], "none", spec["layers"], preprocess, Head.from_spec(spec["head"]),
-        spec["classes"], spec["image_size"],
+        name, "none", spec["layers"], preprocess_from_spec(spec["preprocess"]),
+        Head.from_spec(spec["head"]), spec["classes"], spec["image_size"],
+        spec.get("pooling", "mean"),
     )  # fmt: skip
+    model.spec["backbone"] = spec["backbone"]
     model.load_state_dict(load_file(str(Path(folder) / MODEL_WEIGHTS)))
+    if spec["backbone"].startswith("hf:"):  # what turns a request's strings into its input
+        from transformers import AutoTokenizer
+
+        model.tokenizer = AutoTokenizer.from_pretrained(Path(folder) / HF_FILES)
     return model.eval()
 
 
@@ -92,7 +109,3 @@ def classifier_files(folder: Path) -> tuple[Path, Path]:
 
 def is_saved_classifier(folder: Path) -> bool:
     return all(path.is_file() for path in classifier_files(folder))
-
-
-def _tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value

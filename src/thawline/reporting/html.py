@@ -103,7 +103,7 @@ def _header(summary: dict) -> str:
         fingerprint = str(summary.get("split_fingerprint", ""))[:12]
         facts += [
             f"model {summary.get('model')}",
-            f"split {summary.get('split')} ({summary.get('num_examples')} images, "
+            f"split {summary.get('split')} ({summary.get('num_examples')} examples, "
             f"fingerprint {fingerprint})",
             f"{len(summary.get('classes', []))} classes",
         ]

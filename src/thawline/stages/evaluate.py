@@ -23,6 +23,7 @@ from thawline.devices import resolve_device, resolve_precision
 from thawline.errors import EvaluationError, StoreError
 from thawline.evaluation import artifacts
 from thawline.evaluation.metrics import Evaluation, evaluate_predictions, wilson_interval
+from thawline.evaluation.tfidf import BASELINE, tfidf_svm
 from thawline.features.assemble import check_head
 from thawline.features.cache import FeatureCache
 from thawline.files import sha256_file
@@ -89,7 +90,7 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     log.info("evaluated %s on %s: %s", chosen, split, _fmt(evaluation.scalars))
     metrics = dict(evaluation.scalars) | headline(scored, chosen, split)
     artifacts.write_metrics(out, metrics)  # last: marks a complete evaluation
-    metrics |= _train_seconds(cfg, scored)
+    metrics |= _train_seconds(cfg, outputs)
     return StageResult(outputs={"evaluation": out}, metrics=metrics, info=info)
 
 
@@ -120,6 +121,8 @@ def model_outputs(
     out-of-date one is left out with a warning, unless ``evaluate.model`` asks for it.
     """
     outputs = {HEAD_ONLY: head_on_cached_features(cfg, store)}
+    if store.modality == "text":
+        outputs[BASELINE] = classical_baseline(cfg, store)
     skipped = {}
     for name in MODELS[1:]:
         entry = trained_by(name)
@@ -175,15 +178,27 @@ def _stale(cfg: Config, store: PreparedStore, name: str, record: dict) -> str | 
     return None
 
 
+def classical_baseline(cfg: Config, store: PreparedStore) -> ModelOutput:
+    """TF-IDF + linear SVM on the prepared texts: compared, never chosen or registered."""
+    train, data = store.load("train"), store.load(cfg.evaluate.split)
+    probs, seconds = tfidf_svm(train.texts, train.labels.numpy(), data.texts, cfg.seed)
+    return ModelOutput(
+        probs=probs, labels=data.labels.numpy().astype(np.int64), model=BASELINE,
+        details={"model": "scikit-learn TfidfVectorizer(1-2 grams) + LinearSVC, calibrated",
+                 "weights_sha256": "", "train_seconds": f"{seconds:.2f}"},
+    )  # fmt: skip
+
+
 def trained_on_images(
     cfg: Config, store: PreparedStore, name: str, folder: Path, record: dict
 ) -> ModelOutput:
-    """Run a model trained on images (fine-tuned or scratch) over the evaluated split."""
+    """Run a model trained on the prepared items (fine-tuned or scratch) over the evaluated
+    split."""
     model = load_trained(folder, record)
     device = resolve_device("auto")
     precision = resolve_precision("auto", device, model.preprocess.size)
     data = store.load(cfg.evaluate.split)
-    logits = predict_logits(model.to(device), data.images, precision=precision)
+    logits = predict_logits(model.to(device), data.inputs, precision=precision)
     return ModelOutput(
         probs=torch.softmax(logits.double(), dim=1).numpy(),  # float64: see head_on_cached...
         labels=data.labels.numpy().astype(np.int64),
@@ -238,12 +253,14 @@ def _score(cfg: Config, output: ModelOutput, classes: list[str]) -> Evaluation:
     )  # fmt: skip
 
 
-def _train_seconds(cfg: Config, scored: dict[str, Evaluation]) -> dict[str, float]:
-    """Each model's training wall time (its stage's last run), for MLflow only: not a metric
-    of the model, so not in metrics.json."""
+def _train_seconds(cfg: Config, outputs: dict[str, ModelOutput]) -> dict[str, float]:
+    """Each model's training wall time (its stage's last run; the TF-IDF baseline's when it was
+    fitted), for MLflow only: not a metric of the model, so not in metrics.json."""
     figures = {}
-    for name in scored:
-        seconds = read_stats(cfg.paths.stats, trained_by(name).name).get("seconds")
+    for name, output in outputs.items():
+        seconds = output.details.get("train_seconds")
+        if name in MODELS:
+            seconds = read_stats(cfg.paths.stats, trained_by(name).name).get("seconds")
         if seconds is None and name == HEAD_ONLY:  # heads saved before run statistics moved
             seconds = read_head_seconds(cfg.paths.head)
         if seconds is not None:
@@ -256,15 +273,16 @@ def read_head_seconds(folder: Path) -> float | None:
     return read_head_meta(folder).get("seconds")
 
 
-def _split_images(store: PreparedStore, split: str, labels: np.ndarray) -> np.ndarray:
-    """The evaluated split's images, checked to be in the same row order as ``labels``."""
+def _split_images(store: PreparedStore, split: str, labels: np.ndarray):
+    """The evaluated split's images (texts, for text), checked to be in the same row order as
+    ``labels``."""
     data = store.load(split)
     if not np.array_equal(data.labels.numpy(), labels):
         raise StoreError(
             f"{store.folder}: the cached labels of '{split}' differ from the prepared store's; "
             "rerun 'thawline stage extract'"
         )
-    return data.images.numpy()
+    return data.texts if data.texts is not None else data.images.numpy()
 
 
 def _summary(info: dict, ev: Evaluation, output: ModelOutput, classes: list[str]) -> dict:

@@ -27,10 +27,11 @@ from thawline.features.cache import (
     write_manifest,
     write_shard,
 )
-from thawline.features.extractor import FeatureExtractor, Preprocess, batches, compute_mode
+from thawline.features.extractor import FeatureExtractor, batches, compute_mode
 from thawline.features.reuse import FeatureBank, hashes_tensor, model_fingerprint
 from thawline.files import remove_stale_temps, sha256_file, sha256_json
 from thawline.models.backbone import create_backbone, weights_sha256
+from thawline.models.preprocess import preprocess_for
 from thawline.progress import progress_bar
 from thawline.run_stats import write_stats
 from thawline.stage_table import StageResult
@@ -80,11 +81,17 @@ def _run(cfg: Config, world: World, progress: bool) -> StageResult:
     extractor.warm_up(cfg.extract.batch_size)
     started = time.perf_counter()
     total = sum(p.stop - p.start for split in plans.values() for p in split)
-    with progress_bar(total=total, desc="extract", unit="img", disable=not progress) as bar:
-        written, computed = {}, 0
+    unit = "doc" if store.modality == "text" else "img"
+    with progress_bar(total=total, desc="extract", unit=unit, disable=not progress) as bar:
+        written, computed, tokens = {}, 0, 0
         for plan in mine:
             sha256, n = _extract_shard(cfg, plan, data[plan.split], extractor, fingerprint, bank)
             written[plan.filename], computed = sha256, computed + n
+            if unit == "doc" and n:  # documents/s alone hides how long they were
+                mask = data[plan.split].tensors["attention_mask"][plan.start : plan.stop]
+                tokens += int(mask.sum())
+                rate = tokens / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix_str(f"{rate:,.0f} tokens/s", refresh=False)
             # Rank 0's bar stands for all: the others keep pace.
             bar.update(min((plan.stop - plan.start) * world.size, bar.total - bar.n))
     gathered = world.gather((written, computed))
@@ -110,7 +117,9 @@ def _extractor(cfg: Config, store: PreparedStore, world: World):
     amp = resolve_precision(
         cfg.extract.precision, device, training=False, key="extract.precision"
     ).dtype
-    preprocess = Preprocess.from_backbone(backbone, cfg.extract.image_size, cfg.extract.crop_pct)
+    preprocess = preprocess_for(
+        backbone, cfg.extract.image_size, cfg.extract.crop_pct, store.tokens
+    )
     layers = backbone.feature_layers() if cfg.extract.layers == "auto" else cfg.extract.layers
     parts = {
         "data": store.fingerprint,
@@ -119,8 +128,10 @@ def _extractor(cfg: Config, store: PreparedStore, world: World):
         "transform": preprocess.spec(),
         "layers": layers,
         "dtype": cfg.extract.dtype,
-        "precision": compute_mode(device, amp, cfg.extract.jit),
+        "precision": compute_mode(device, amp, cfg.extract.jit, store.modality == "text"),
     }
+    if store.modality == "text":  # image fingerprints stay as they were
+        parts["pooling"] = cfg.backbone.pooling
     extractor = FeatureExtractor(backbone, layers, preprocess, device, amp, cfg.extract.jit)
     return extractor, parts
 
@@ -144,7 +155,7 @@ def _extract_shard(cfg, plan, data, extractor, fingerprint, bank) -> tuple[str, 
     hashes = data.hashes[plan.start : plan.stop]
     known = [bank.get(h) for h in hashes]
     todo = [i for i, row in enumerate(known) if row is None]
-    fresh = _compute(cfg, extractor, data.images[plan.start : plan.stop][todo])
+    fresh = _compute(cfg, extractor, data.inputs[plan.start : plan.stop][todo])
     features = torch.empty((len(hashes), extractor.num_features), dtype=fresh.dtype)
     features[todo] = fresh
     if reused := [i for i, row in enumerate(known) if row is not None]:
@@ -154,13 +165,25 @@ def _extract_shard(cfg, plan, data, extractor, fingerprint, bank) -> tuple[str, 
     return digest, len(todo)
 
 
-def _compute(cfg, extractor, images: torch.Tensor) -> torch.Tensor:
-    """The backbone's features of ``images`` (uint8 [n, 3, H, W]) in the cache dtype."""
+def _compute(cfg, extractor, inputs: torch.Tensor) -> torch.Tensor:
+    """The backbone's features of ``inputs`` (uint8 images [n, 3, H, W] or tokens [n, 2, L]) in
+    the cache dtype.
+
+    Documents go through in order of length, so each batch is padded only to its longest
+    (length bucketing); rows come back in their own order.
+    """
     dtype = DTYPES[cfg.extract.dtype]
-    rows = batches(images, 0, len(images), cfg.extract.batch_size, extractor.preprocess,
+    order = torch.argsort(inputs[:, 1].sum(1), stable=True) if inputs.ndim == 3 else None
+    ordered = inputs if order is None else inputs[order]
+    rows = batches(ordered, 0, len(ordered), cfg.extract.batch_size, extractor.preprocess,
                    cfg.extract.num_workers)  # fmt: skip
     out = [extractor(x).to(dtype) for x in rows]
-    return torch.cat(out) if out else torch.empty((0, extractor.num_features), dtype=dtype)
+    if not out:
+        return torch.empty((0, extractor.num_features), dtype=dtype)
+    features = torch.cat(out)
+    if order is not None:
+        features[order] = features.clone()
+    return features
 
 
 def _result(cfg: Config, manifest: dict, computed: int, seconds: float | None) -> StageResult:

@@ -1,7 +1,8 @@
-"""``prepare``: read a data source once into split, hashed, uint8 tensors.
+"""``prepare``: read a data source once into split, hashed tensors.
 
 Writes ``paths.prepared`` (see :mod:`thawline.data.store`): the class map, every split's keys and
-content hashes, class counts, cross-split duplicates and skipped files, and the decoded images.
+content hashes, class counts, cross-split duplicates and skipped files, and the items' tensors:
+decoded uint8 images, or token ids and masks (``data/text_prepare.py``).
 """
 
 from __future__ import annotations
@@ -40,10 +41,15 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     remove_stale_temps(cfg.paths.prepared)
     items = source.items
     chosen = chosen_items(source, cfg.prepare.limit_per_class, cfg.seed)
-    size = cfg.prepare.image_size or _native_size(source, chosen)
-    images, hashes, loaded, skipped, shapes = _load_all(source, chosen, size, cfg.prepare, progress)
-    if cfg.prepare.image_size is None and size != FALLBACK_SIZE:
-        _check_one_size(shapes, size)
+    texts = None
+    if cfg.data.modality == "text":
+        from thawline.data.text_prepare import load_documents
+
+        tensors, texts, hashes, loaded, skipped, info = load_documents(
+            source, chosen, cfg, progress
+        )
+    else:
+        tensors, hashes, loaded, skipped, info = _load_images(source, chosen, cfg, progress)
     labels = [items[i].label for i in loaded]
     splits = assign_splits(
         labels,
@@ -55,12 +61,12 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     )
     duplicates = cross_split_duplicates(hashes, splits)
     dropped = indices_to_drop(duplicates, splits) if cfg.prepare.duplicates == "drop" else set()
-    by_split = _group(loaded, splits, dropped, items, hashes, images)
+    by_split = _group(loaded, splits, dropped, items, hashes, tensors, texts)
     report = _report(source, by_split, duplicates, dropped, skipped, [items[i].key for i in loaded])
     known = dict(zip(loaded, hashes, strict=True))  # only skipped files are read again
     report["source_fingerprint"] = source_fingerprint(source, chosen, known)
-    manifest = write_store(cfg.paths.prepared, by_split, {"image_size": size, **report})
-    _log_summary(report, size)
+    manifest = write_store(cfg.paths.prepared, by_split, {**info, **report})
+    _log_summary(report, info)
     counts = {f"{name}_count": float(s.labels.numel()) for name, s in by_split.items()}
     return StageResult(
         outputs={"prepared": cfg.paths.prepared},
@@ -84,6 +90,15 @@ class _Loading(Dataset):
             return pos, digest, square_uint8(image, self.size), None, _shape(image)
         except BadImageError as err:
             return pos, None, None, str(err), None
+
+
+def _load_images(source: Source, chosen: list[int], cfg: Config, progress: bool):
+    """Decode the chosen images at one square size: ``(tensors, hashes, loaded, skipped, info)``."""
+    size = cfg.prepare.image_size or _native_size(source, chosen)
+    images, hashes, loaded, skipped, shapes = _load_all(source, chosen, size, cfg.prepare, progress)
+    if cfg.prepare.image_size is None and size != FALLBACK_SIZE:
+        _check_one_size(shapes, size)
+    return {"images": images}, hashes, loaded, skipped, {"image_size": size}
 
 
 def _load_all(source: Source, chosen: list[int], size: int, opts: PrepareParams, progress: bool):
@@ -145,7 +160,7 @@ def _native_size(source: Source, chosen: list[int]) -> int:
     return FALLBACK_SIZE
 
 
-def _group(loaded, splits, dropped, items, hashes, images) -> dict[str, SplitData]:
+def _group(loaded, splits, dropped, items, hashes, tensors, texts) -> dict[str, SplitData]:
     out = {}
     for name in SPLITS:
         rows = [p for p, s in enumerate(splits) if s == name and p not in dropped]
@@ -156,10 +171,11 @@ def _group(loaded, splits, dropped, items, hashes, images) -> dict[str, SplitDat
             keys=[items[loaded[p]].key for p in rows],
             hashes=[hashes[p] for p in rows],
             labels=torch.tensor([items[loaded[p]].label for p in rows], dtype=torch.int64),
-            tensors={"images": images.index_select(0, index)},
+            tensors={name: t.index_select(0, index) for name, t in tensors.items()},
+            texts=None if texts is None else [texts[p] for p in rows],
         )
     if "train" not in out or "test" not in out:
-        raise BadImageError(f"prepare: need train and test images, got splits {sorted(out)}")
+        raise InputError(f"prepare: need train and test items, got splits {sorted(out)}")
     return out
 
 
@@ -188,20 +204,21 @@ def _report(source, by_split, duplicates, dropped, skipped, keys) -> dict:
     return report
 
 
-def _log_summary(report: dict, size: int) -> None:
+def _log_summary(report: dict, info: dict) -> None:
     totals = {name: sum(c.values()) for name, c in report["class_counts"].items()}
-    log.info("prepared %s images at %dpx, %d classes", totals, size, len(report["classes"]))
+    what = f"images at {info['image_size']}px" if "image_size" in info else "documents"
+    log.info("prepared %s %s, %d classes", totals, what, len(report["classes"]))
     dup = report["duplicates"]
     if dup["groups"]:
         log.warning(
-            "%d images appear in more than one split (leakage); dropped %d copies "
+            "%d items appear in more than one split (leakage); dropped %d copies "
             "(prepare.duplicates). First: %s",
             dup["groups"], dup["dropped"], dup["examples"][0],
         )  # fmt: skip
     for split, missing in report.get("classes_without_examples", {}).items():
         log.warning(
-            "%d class(es) have no %s images, so %s accuracy says nothing about them: %s (too "
-            "few images; add some, or merge or drop the class)", len(missing), split, split,
+            "%d class(es) have no %s examples, so %s accuracy says nothing about them: %s (too "
+            "few examples; add some, or merge or drop the class)", len(missing), split, split,
             ", ".join(missing[:10]),
         )  # fmt: skip
     if report["skipped"]:

@@ -258,18 +258,24 @@ def rescore(cfg: Config, store: Store, champion: Registered, ours: SavedPredicti
              champion.version, len(ours.labels), ours.meta["split"])  # fmt: skip
     pred = []
     for start in range(0, len(ours.labels), RESCORE_CHUNK):
-        chunk = split.images[start : start + RESCORE_CHUNK].permute(0, 2, 3, 1).numpy()
-        table = model.predict(list(chunk))["probabilities"]
+        if split.texts is not None:
+            chunk = split.texts[start : start + RESCORE_CHUNK]
+        else:
+            chunk = list(split.images[start : start + RESCORE_CHUNK].permute(0, 2, 3, 1).numpy())
+        table = model.predict(chunk)["probabilities"]
         pred += [int(np.argmax(row)) for row in table]
     return np.asarray(pred) == ours.labels
 
 
-def example_images(cfg: Config, count: int = EXAMPLES) -> list[bytes]:
-    """The first test images as PNG files: the registered model's input example."""
+def example_images(cfg: Config, count: int = EXAMPLES) -> list[bytes] | list[str]:
+    """The first test images as PNG files (or documents, their first 500 characters): the
+    registered model's input example."""
     store = PreparedStore(cfg.paths.prepared)
     split = "test" if "test" in store.splits else store.splits[0]
-    images = store.load(split).images[:count]
-    return [png_bytes(image) for image in images]
+    data = store.load(split)
+    if data.texts is not None:
+        return [text[:500] for text in data.texts[:count]]
+    return [png_bytes(image) for image in data.images[:count]]
 
 
 def png_bytes(image: torch.Tensor) -> bytes:

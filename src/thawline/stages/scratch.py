@@ -50,6 +50,7 @@ def run(
             "lr_decay": 1.0,
             "group_lrs": None,
             "freeze_bn": False,  # random BatchNorm statistics must be learnt
+            "thaw": "layers",  # adapters on random weights would learn nothing useful
             # A baseline keeps its budget: nothing to protect in a random start.
             "rollback_tolerance": 1.0,
         }
@@ -76,14 +77,15 @@ def random_model(cfg: Config) -> Classifier:
     from thawline.models.backbone import create_backbone
     from thawline.models.classifier import build_classifier
     from thawline.models.head import Head
-    from thawline.models.preprocess import Preprocess
+    from thawline.models.preprocess import preprocess_for
 
     torch.manual_seed(cfg.seed)
     backbone = create_backbone(cfg.backbone.model_copy(update={"weights": "none"}))
     size = cfg.finetune.image_size or cfg.extract.image_size
-    preprocess = Preprocess.from_backbone(backbone, size, cfg.extract.crop_pct)
     store = PreparedStore(cfg.paths.prepared)
+    preprocess = preprocess_for(backbone, size, cfg.extract.crop_pct, store.tokens)
     head = Head(backbone.num_features, len(store.classes))
     return build_classifier(
-        cfg.backbone.name, "none", [], preprocess, head, store.classes, store.image_size
-    )
+        cfg.backbone.name, "none", [], preprocess, head, store.classes, store.image_size,
+        cfg.backbone.pooling,
+    )  # fmt: skip

@@ -33,11 +33,13 @@ from thawline.tracking.store import tracking_uri as default_tracking_uri
 
 @dataclass
 class Predictor:
-    """A loaded model: ``predict(values)`` takes a list of images in any accepted form."""
+    """A loaded model: ``predict(values)`` takes a list of images in any accepted form (or of
+    documents, for a text model)."""
 
     classes: list[str]
     source: str
     predict_fn: Callable[[list[Any]], pd.DataFrame]
+    modality: str = "image"
 
     def predict(self, values: list[Any]) -> pd.DataFrame:
         """``label``, ``probability`` and ``probabilities`` (class order) per image."""
@@ -60,6 +62,11 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
     folder = Path(uri).expanduser()
     if (folder / SPEC).is_file() and (folder / WEIGHTS).is_file():
         model = load_classifier(folder)
+        if model.modality == "text":
+            from thawline.tracking.text_pyfunc import classify_texts
+
+            return Predictor(model.classes, str(folder),
+                             lambda values: classify_texts(model, values), "text")  # fmt: skip
         return Predictor(model.classes, str(folder), lambda values: classify(model, values))
     resolved = location = uri
     if uri.startswith(("models:/", "runs:/")):
@@ -74,14 +81,16 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
         resolved = _resolve_alias(client, uri)
         location = _version_location(client, resolved)
     pyfunc = mlflow.pyfunc.load_model(location or resolved)
-    classes = (pyfunc.metadata.metadata or {}).get("thawline", {}).get("classes")
-    if not classes:
+    meta = (pyfunc.metadata.metadata or {}).get("thawline", {})
+    if not meta.get("classes"):
         raise RegistryError(f"{uri}: not a thawline model (its MLmodel has no class list)")
+    modality = "text" if meta.get("preprocess", {}).get("kind") == "text" else "image"
+    column = "text" if modality == "text" else "image"
 
     def predict(values: list[Any]) -> pd.DataFrame:
-        return pyfunc.predict(pd.DataFrame({"image": values}))
+        return pyfunc.predict(pd.DataFrame({column: values}))
 
-    return Predictor(list(classes), resolved, predict)
+    return Predictor(list(meta["classes"]), resolved, predict, modality)
 
 
 def _version_location(client: MlflowClient, uri: str) -> str | None:

@@ -67,6 +67,10 @@ class ThawlineModel(mlflow.pyfunc.PythonModel):
         Raises:
             MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served) naming the row.
         """
+        if self._model.modality == "text":
+            from thawline.tracking.text_pyfunc import classify_texts, text_column
+
+            return classify_texts(self._model, text_column(model_input))
         return classify(self._model, image_column(model_input))
 
 
@@ -83,13 +87,18 @@ def classify(model: Classifier, values: list[Any]) -> pd.DataFrame:
             logits = model(model.preprocess(batch))
             probs.append(torch.softmax(logits.float(), dim=1))
     table = torch.cat(probs).numpy() if probs else np.zeros((0, len(model.classes)), np.float32)
+    return prediction_table(model.classes, table)
+
+
+def prediction_table(classes: list[str], table: np.ndarray) -> pd.DataFrame:
+    """Probabilities ``[N, C]`` to the served answer: the label, its probability, the top k."""
     order = np.argsort(-table, axis=1, kind="stable")[:, :TOP_K]
     best = order[:, 0] if len(table) else np.zeros(0, np.int64)
     return pd.DataFrame(
         {
-            "label": [model.classes[i] for i in best],
+            "label": [classes[i] for i in best],
             "probability": table[np.arange(len(best)), best].astype(float),
-            "top_labels": [[model.classes[i] for i in row] for row in order],
+            "top_labels": [[classes[i] for i in row] for row in order],
             "top_probabilities": [
                 table[r, row].astype(float).tolist() for r, row in enumerate(order)
             ],
@@ -212,10 +221,11 @@ def invalid(message: str) -> MlflowException:
     return InputRefused(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def model_signature() -> ModelSignature:
-    """Input: one ``image`` column of any of the accepted forms; output: label + probabilities."""
+def model_signature(column: str = "image") -> ModelSignature:
+    """Input: one ``image`` column of any of the accepted forms (or ``text``, strings); output:
+    label + probabilities."""
     return ModelSignature(
-        inputs=Schema([ColSpec(AnyType(), "image")]),
+        inputs=Schema([ColSpec(AnyType(), column)]),
         outputs=Schema(
             [
                 ColSpec("string", "label"),
@@ -228,6 +238,9 @@ def model_signature() -> ModelSignature:
     )
 
 
-def input_example(images: list[bytes]) -> pd.DataFrame:
-    """Encoded image files as the JSON-friendly form a served model receives: base64 strings."""
-    return pd.DataFrame({"image": [base64.b64encode(data).decode("ascii") for data in images]})
+def input_example(examples: list[bytes] | list[str]) -> pd.DataFrame:
+    """Encoded image files as the JSON-friendly form a served model receives (base64 strings),
+    or documents as they are."""
+    if examples and isinstance(examples[0], str):
+        return pd.DataFrame({"text": examples})
+    return pd.DataFrame({"image": [base64.b64encode(data).decode("ascii") for data in examples]})

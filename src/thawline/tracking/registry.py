@@ -40,7 +40,8 @@ TAG_CHAMPION = "thawline.champion_version"  # on the registered model
 TAG_EXPERIMENT = "thawline.experiment"  # a version a DVC experiment registered (no alias)
 PREDICTIONS_DIR = "evaluation"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
-REQUIREMENTS = ("thawline", "mlflow", "torch", "torchvision", "timm", "safetensors", "pillow")
+REQUIREMENTS = ("thawline", "mlflow", "torch", "torchvision", "timm", "safetensors", "pillow",
+                "transformers", "tokenizers")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def log_and_register(
         name="model",
         python_model=str(MODEL_CODE),  # models from code: no pickle when loading
         artifacts={"model": str(model_dir)},
-        signature=model_signature(),
+        signature=model_signature("text" if examples and isinstance(examples[0], str) else "image"),
         input_example=input_example(examples),
         pip_requirements=requirements(),
         metadata={"thawline": {k: spec[k] for k in ("classes", "image_size", "preprocess")}},

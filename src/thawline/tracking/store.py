@@ -64,16 +64,27 @@ def mlflow_errors() -> Iterator[None]:
 def project_root() -> Path:
     """The project this process works for: ``$DVC_ROOT`` (DVC sets it to the original workspace
     in every stage it runs, experiments in temp copies included), else the folder above a
-    ``.dvc/tmp/exps/`` copy, else the current folder."""
+    ``.dvc/tmp/exps/`` copy, else the DVC project around the current folder (a pipeline in a
+    subfolder, such as examples/text, shares its project's store), else the current folder."""
     if root := os.environ.get("DVC_ROOT"):
         return Path(root).resolve()
     here = Path.cwd().resolve()
-    parts = here.parts
-    if ".dvc" in parts and parts[parts.index(".dvc") + 1 : parts.index(".dvc") + 3] == (
-        "tmp", "exps",
-    ):  # fmt: skip
-        return Path(*parts[: parts.index(".dvc")])
+    if (copied := _temp_copy_of(here)) is not None:
+        return copied
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
     return here
+
+
+def _temp_copy_of(path: Path) -> Path | None:
+    """The project whose ``.dvc/tmp/exps/`` holds ``path``, if it is in such a copy."""
+    parts = path.parts
+    if ".dvc" in parts:
+        at = parts.index(".dvc")
+        if parts[at + 1 : at + 3] == ("tmp", "exps"):
+            return Path(*parts[:at])
+    return None
 
 
 def experiment_name() -> str | None:
@@ -83,7 +94,9 @@ def experiment_name() -> str | None:
 
 def in_temp_copy() -> bool:
     """Whether this runs in a DVC experiment's throw-away copy (``--temp``, ``--queue``)."""
-    return experiment_name() is not None and Path.cwd().resolve() != project_root()
+    here = Path.cwd().resolve()
+    outside = not here.is_relative_to(project_root())
+    return experiment_name() is not None and (outside or _temp_copy_of(here) is not None)
 
 
 def tracking_uri(cfg: Config | None = None) -> str:

@@ -24,9 +24,10 @@ def training_batch(
     max_shift: int,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """uint8 ``[B, 3, H, W]`` to the normalised model input, randomly flipped and shifted."""
+    """uint8 ``[B, 3, H, W]`` to the normalised model input, randomly flipped and shifted
+    (tokens ``[B, 2, L]``: trimmed to the batch's longest document, never augmented)."""
     x = preprocess.resize(images)
-    if augment:
+    if augment and preprocess.augmentable:
         x = flip_and_shift(x, max_shift, generator)
     return preprocess.normalize(x)
 

@@ -28,6 +28,8 @@ from thawline.devices import Precision, autocast, resolve_device, resolve_precis
 from thawline.distributed import World
 from thawline.files import tensors_sha256
 from thawline.models.classifier import Classifier
+from thawline.models.lora import merge_lora
+from thawline.models.preprocess import item_unit
 from thawline.progress import progress_bar
 from thawline.training.batches import deterministic, training_batch
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
@@ -41,7 +43,7 @@ from thawline.training.phases import (
 )
 from thawline.training.replicas import PhaseWrapper, check_replicas
 from thawline.training.resumable import Resumable, remove_other_series
-from thawline.training.unfreeze import apply_phase, layer_names, param_groups, release
+from thawline.training.unfreeze import add_adapters, apply_phase, layer_names, param_groups, release
 from thawline.training.validate import metrics_from_sums, validation_sums
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ def fine_tune(
     on_epoch_end: EpochCallback | None = None,
     progress: bool = False,
     world: World = SINGLE,
+    label: str = "finetune",
 ) -> FineTuneResult:
     """Fine-tune ``model`` in the phases of ``opts``, checkpointing every epoch.
 
@@ -105,11 +108,13 @@ def fine_tune(
     """
     device = world.device(resolve_device(opts.device))
     precision = resolve_precision(opts.precision, device, model.preprocess.size)
+    if opts.thaw == "lora":
+        add_adapters(model, opts)
     with deterministic(opts.deterministic):
         trainer = _Trainer(model, train, val, opts, seed, device, precision, world)
         series = Path(checkpoint_dir) / trainer.plan_id()
         resumed = trainer.start(series)
-        trainer.fit(series, on_epoch_end if world.main else None, progress and world.main)
+        trainer.fit(series, on_epoch_end if world.main else None, progress and world.main, label)
     if world.main:
         remove_other_series(series)
     return trainer.result(resumed, series)
@@ -158,15 +163,16 @@ class _Trainer(Resumable, NeverWorse):
             data |= {"val_inputs": val[0], "val_labels": val[1]}
         self.start_digest = tensors_sha256([*sorted(state.items()), *data.items()])
 
-    def fit(self, folder: Path, on_epoch_end: EpochCallback | None, progress: bool) -> None:
+    def fit(self, folder: Path, on_epoch_end: EpochCallback | None, progress: bool,
+            label: str = "finetune") -> None:  # fmt: skip
         report = on_epoch_end or (lambda epoch, metrics: None)
         if not self.history and self.val is not None:
             self._epoch_zero()
             report(0, _without_epoch(self.history[0]))
         size = self.steps * self._batch()
         bar = progress_bar(
-            total=self.timeline.epochs * size, initial=self.epoch * size, desc="finetune",
-            unit="img", unit_scale=True, disable=not progress,
+            total=self.timeline.epochs * size, initial=self.epoch * size, desc=label,
+            unit=item_unit(self.model.preprocess), unit_scale=True, disable=not progress,
         )  # fmt: skip
         with bar:
             while self.epoch < self.timeline.epochs and not self.finished:
@@ -289,6 +295,7 @@ class _Trainer(Resumable, NeverWorse):
             self.model.load_state_dict(self.best_state)
         release(self.model)
         model = self.model.to("cpu").eval()
+        merge_lora(model)  # adapters folded into the weights: a plain model from here on
         return FineTuneResult(
             model, self.history, self.best_epoch, self.best, self.seconds,
             resumed_from=resumed, checkpoints=series, precision=self.precision.name,

@@ -79,9 +79,9 @@ def load_training_data(cfg: Config) -> tuple[Data, Data | None]:
     store = PreparedStore(cfg.paths.prepared)
     train = store.load("train")
     if not store.count("val"):
-        return (train.images, train.labels), None
+        return (train.inputs, train.labels), None
     val = store.load("val")
-    return (train.images, train.labels), (val.images, val.labels)
+    return (train.inputs, train.labels), (val.inputs, val.labels)
 
 
 def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_end, progress,
@@ -91,7 +91,7 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
         (folder / RECORD).unlink(missing_ok=True)  # written last: marks a complete result
     result = fine_tune(
         model, train, val, opts, cfg.seed, checkpoint_dir=checkpoints,
-        on_epoch_end=on_epoch_end, progress=progress, world=world,
+        on_epoch_end=on_epoch_end, progress=progress, world=world, label=stats["stage"],
     )  # fmt: skip
     seconds = result.seconds + stats.get("setup_seconds", 0.0)
     metrics = training_metrics(result.best, result.best_epoch, result.epochs, seconds)

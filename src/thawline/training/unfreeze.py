@@ -12,11 +12,17 @@ statistics changes those features under it (docs/benchmarks.md, "Never worse").
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
+from thawline.config import FinetuneParams
 from thawline.models.classifier import Classifier
+from thawline.models.lora import has_lora, inject_lora, is_adapter
 from thawline.training.phases import Phase
+
+log = logging.getLogger(__name__)
 
 
 def param_groups(model: Classifier, weight_decay: float) -> list[dict]:
@@ -45,6 +51,8 @@ def apply_phase(model: Classifier, phase: Phase, *, freeze_bn: bool = False) -> 
     backbone = model.features.backbone.model
     names = layer_names(model)
     trainable = {n for g in names[len(names) - phase.groups :] for n in g}
+    if has_lora(backbone):  # thaw: lora: a thawed layer trains its adapters, not its weights
+        trainable = {n for n in trainable if is_adapter(n)}
     for name, param in backbone.named_parameters():
         param.requires_grad_(name in trainable)
     model.head.requires_grad_(True)
@@ -61,7 +69,7 @@ def unfrozen_groups(model: Classifier) -> list[int]:
     """Indices (stem = 0) of the layer groups whose parameters currently require grad."""
     named = dict(model.features.backbone.model.named_parameters())
     return [
-        i for i, g in enumerate(layer_names(model)) if g and all(named[n].requires_grad for n in g)
+        i for i, g in enumerate(layer_names(model)) if g and any(named[n].requires_grad for n in g)
     ]
 
 
@@ -78,3 +86,14 @@ def bn_running_stats(module: nn.Module) -> dict[str, torch.Tensor]:
         for name, buf in module.named_buffers()
         if name.endswith(("running_mean", "running_var"))
     }
+
+
+def add_adapters(model: Classifier, opts: FinetuneParams) -> None:
+    """``thaw: lora``: LoRA adapters on every encoder layer (phases choose which ones train)."""
+    backbone = model.features.backbone
+    torch.manual_seed(0)  # the adapters' A matrices; B starts at zero, so outputs do not move
+    count = inject_lora(backbone.model, backbone.layers_path, opts.lora_rank, opts.lora_alpha,
+                        opts.lora_dropout)  # fmt: skip
+    log.info("finetune: LoRA adapters (rank %d) on %d projections; the layers' own weights stay "
+             "frozen, and the adapters are merged into them at the end", opts.lora_rank,
+             count)  # fmt: skip

@@ -7,6 +7,7 @@ from torch import nn
 
 from thawline.devices import Precision, autocast
 from thawline.models.classifier import Classifier
+from thawline.models.preprocess import channels_last
 from thawline.progress import progress_bar
 
 FP32 = Precision(None)
@@ -43,7 +44,7 @@ def pooled_features(
     bar = progress_bar(total=len(images), desc="features", unit="img", disable=not progress)
     with bar:
         for chunk in images.split(batch_size):
-            x = model.preprocess(chunk.to(device)).contiguous(memory_format=torch.channels_last)
+            x = channels_last(model.preprocess(chunk.to(device)))
             with autocast(device, precision):
                 outputs.append(model.features(x).float().cpu())
             bar.update(len(chunk))
