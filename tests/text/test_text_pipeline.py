@@ -4,6 +4,7 @@ evaluation beside TF-IDF + SVM, the registered model over HTTP and ``thawline pr
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 
@@ -139,6 +140,11 @@ def test_finetune_evaluate_register_serve_and_predict(text_pipeline, tmp_path):
     assert result.info["model"] in ("head_only", "finetuned")  # the baseline is never chosen
     gallery = json.loads((cfg.paths.evaluation / "gallery.json").read_text())
     assert gallery and {"true", "pred", "p", "text"} <= set(gallery[0])
+    from thawline.reporting.html import write_report
+
+    page = write_report(cfg).read_text()
+    snippet = html.escape(gallery[0]["text"][:40], quote=True)
+    assert "Top losses" in page and "tfidf_svm" in page and snippet in page
     register.run(cfg, progress=False)
     uri = f"models:/{cfg.registry.model_name}@champion"
     documents = ["The chancellor's budget cut taxes for small firms and lifted share prices.",

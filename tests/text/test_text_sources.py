@@ -121,3 +121,20 @@ def test_bad_documents_are_listed_or_stop_the_run(tmp_path):
     skip = text_config(tmp_path / "skip", root, prepare={"decoding": "skip"})
     prepare.run(skip, progress=False)
     assert len(PreparedStore(skip.paths.prepared).manifest["skipped"]) == 3
+
+
+def test_documents_equal_after_whitespace_are_duplicates_across_splits(tmp_path):
+    root = tmp_path / "docs"
+    source = bbc_folder(tmp_path / "bbc", per_class=6)
+    for split, take in (("train", slice(0, 4)), ("test", slice(4, 6))):
+        for class_dir in sorted(source.iterdir()):
+            for path in sorted(class_dir.glob("*.txt"))[take]:
+                _write(root / split / class_dir.name / path.name, path.read_bytes())
+    leaked = sorted((source / "tech").glob("*.txt"))[4].read_text()
+    _write(root / "train" / "tech" / "copy.txt", "  " + leaked.replace(" ", "  \n") + "\n\n")
+    cfg = text_config(tmp_path, root)
+    prepare.run(cfg, progress=False)
+    manifest = PreparedStore(cfg.paths.prepared).manifest
+    assert manifest["duplicates"]["groups"] == 1 and manifest["duplicates"]["dropped"] == 1
+    assert "train/tech/copy.txt" in manifest["duplicates"]["examples"][0]
+    assert "train/tech/copy.txt" not in PreparedStore(cfg.paths.prepared).load("train").keys

@@ -45,7 +45,7 @@ from thawline.evaluation.predictions import PREDICTIONS, save_predictions
 from thawline.files import atomic_path, read_json, remove_stale_temps, write_json
 
 METRICS, SUMMARY, COMPARE, PLOTS = "metrics.json", "summary.json", "compare", "plots"
-TABLES = ("per_class", "most_confused")
+TABLES = ("per_class", "most_confused", "gallery")  # gallery.json: a text model's top losses
 FIGURES = ("confusion_matrix", "reliability", "curves", "roc", "gallery")
 __all__ = ["COMPARE", "METRICS", "PREDICTIONS", "SUMMARY", "write_evaluation", "write_metrics"]
 

@@ -89,6 +89,8 @@ def render_report(folder: Path, rows: list[dict[str, Any]]) -> str:
         _section("Most confused", _most_confused(artifacts.read_table(folder, "most_confused"))),
         _section("Per class", _per_class(artifacts.read_table(folder, "per_class"))),
     ]
+    if documents := artifacts.read_table(folder, "gallery"):  # a text model's top losses
+        parts.insert(4, _section("Top losses", _documents(documents)))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         "<title>thawline report</title>"
@@ -151,6 +153,11 @@ def _most_confused(rows: list[dict] | None) -> str:
         return "<p>No confusions: every example was classified correctly.</p>"
     body = [([r["actual"], r["predicted"], str(r["count"])], False) for r in rows]
     return _table(["actual", "predicted", "count"], body)
+
+
+def _documents(rows: list[dict]) -> str:
+    body = [([r["true"], r["pred"], _num(r["p"], 2), r["text"][:300] + "…"], False) for r in rows]
+    return _table(["true", "predicted", "p", "document (start)"], body)
 
 
 def _per_class(rows: list[dict] | None) -> str:

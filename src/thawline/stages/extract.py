@@ -31,7 +31,7 @@ from thawline.features.extractor import FeatureExtractor, batches, compute_mode
 from thawline.features.reuse import FeatureBank, hashes_tensor, model_fingerprint
 from thawline.files import remove_stale_temps, sha256_file, sha256_json
 from thawline.models.backbone import create_backbone, weights_sha256
-from thawline.models.preprocess import preprocess_for
+from thawline.models.preprocess import item_unit, preprocess_for
 from thawline.progress import progress_bar
 from thawline.run_stats import write_stats
 from thawline.stage_table import StageResult
@@ -81,7 +81,7 @@ def _run(cfg: Config, world: World, progress: bool) -> StageResult:
     extractor.warm_up(cfg.extract.batch_size)
     started = time.perf_counter()
     total = sum(p.stop - p.start for split in plans.values() for p in split)
-    unit = "doc" if store.modality == "text" else "img"
+    unit = item_unit(extractor.preprocess)
     with progress_bar(total=total, desc="extract", unit=unit, disable=not progress) as bar:
         written, computed, tokens = {}, 0, 0
         for plan in mine:

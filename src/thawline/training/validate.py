@@ -7,7 +7,7 @@ from torch import nn
 
 from thawline.devices import Precision, autocast
 from thawline.models.classifier import Classifier
-from thawline.models.preprocess import channels_last
+from thawline.models.preprocess import channels_last, item_unit
 from thawline.progress import progress_bar
 
 FP32 = Precision(None)
@@ -41,7 +41,8 @@ def pooled_features(
     model.eval()
     device = next(model.parameters()).device
     outputs = []
-    bar = progress_bar(total=len(images), desc="features", unit="img", disable=not progress)
+    unit = item_unit(model.preprocess)
+    bar = progress_bar(total=len(images), desc="features", unit=unit, disable=not progress)
     with bar:
         for chunk in images.split(batch_size):
             x = channels_last(model.preprocess(chunk.to(device)))
