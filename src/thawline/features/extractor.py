@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from thawline.errors import ConfigError
 from thawline.models.backbone import Backbone
-from thawline.models.preprocess import PooledFeatures, Preprocess, channels_last
+from thawline.models.preprocess import PooledFeatures, Preprocess, channels_last, is_text
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class FeatureExtractor:
         self.device, self.amp, self.layers, self.preprocess = device, amp, layers, preprocess
         self.net = PooledFeatures(backbone, layers).eval().requires_grad_(False).to(device)
         # Token ids in: no channels-last layout, no tracing (SDPA attention runs eagerly).
-        self.text = getattr(preprocess, "kind", "image") == "text"
+        self.text = is_text(preprocess)
         if not self.text:
             self.net = self.net.to(memory_format=torch.channels_last)
         elif bf16_weights(device, amp, self.text):

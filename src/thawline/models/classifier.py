@@ -11,7 +11,7 @@ from torch import nn
 from thawline.config import BackboneParams
 from thawline.models.backbone import create_backbone
 from thawline.models.head import Head
-from thawline.models.preprocess import PooledFeatures, Preprocess, channels_last
+from thawline.models.preprocess import PooledFeatures, Preprocess, channels_last, is_text
 
 
 class Classifier(nn.Module):
@@ -35,7 +35,7 @@ class Classifier(nn.Module):
 
     @property
     def modality(self) -> str:
-        return "text" if self.spec["preprocess"].get("kind") == "text" else "image"
+        return "text" if is_text(self.preprocess) else "image"
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         x = inputs

@@ -91,9 +91,14 @@ def preprocess_from_spec(spec: dict[str, Any]):
     return Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
 
 
+def is_text(preprocess) -> bool:
+    """Whether an input transform takes tokens (``TextPreprocess``) rather than images."""
+    return getattr(preprocess, "kind", "image") == "text"
+
+
 def item_unit(preprocess) -> str:
     """What progress bars count: images, or documents."""
-    return "doc" if getattr(preprocess, "kind", "image") == "text" else "img"
+    return "doc" if is_text(preprocess) else "img"
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
