@@ -30,11 +30,13 @@ data:
 
 run: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	@$(BIN)/thawline report
 	@$(BIN)/thawline summary
 
 # Text: examples/text/ is a DVC project of its own (BBC News, all-MiniLM-L6-v2, both from PyPI).
 run-text: $(VENV)/.installed
 	cd examples/text && PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+	@cd examples/text && $(CURDIR)/$(BIN)/thawline report
 	@cd examples/text && $(CURDIR)/$(BIN)/thawline summary
 
 # The longer fine-tuning profile of docs/benchmarks.md, as a DVC experiment on top of `make run`'s

@@ -67,6 +67,9 @@ def small_config(tmp: Path, **sections) -> Config:
     raw["paths"] |= {"prepared": str(tmp / "prepared"), "features": str(tmp / "features")}
     raw["prepare"]["limit_per_class"] = 20
     raw["extract"] |= {"image_size": 32, "batch_size": 32}
+    # The ONNX export takes ~10 s a model; tests/integration/test_export.py, test_register.py
+    # and the text pipeline test it, the others register without it.
+    raw["registry"]["onnx"] = False
     for name, values in sections.items():
         if isinstance(values, dict):
             raw.setdefault(name, {}).update(values)

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from thawline import __version__
 from thawline.config import ConfigError, dump_config, load_config, record_reads
@@ -72,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EPILOG,
         )
     )
+    from thawline.export import add_export_arguments
+
+    add_export_arguments(
+        sub.add_parser(
+            "export", parents=[common],
+            help="write a model as one ONNX file (raw pixels or token ids in, calibrated "
+            "probabilities out), checked against PyTorch with onnxruntime",
+            description="Export a model to ONNX, e.g. thawline export --model "
+            "models:/thawline@champion --out model.onnx. The check items are the project's "
+            "prepared test split (paths.prepared of --params) when it belongs to the model.",
+            epilog=EPILOG,
+        )
+    )  # fmt: skip
     return parser
 
 
@@ -164,6 +178,12 @@ def _dispatch(args: argparse.Namespace) -> StageStatus:
         return StageStatus(what, main_predict(args))
     if args.command == "flow":
         return StageStatus(what, run_flow(args))
+    if args.command == "export":
+        from thawline.export import main_export
+
+        params = Path(args.params)
+        prepared = load_config(params, args.overrides).paths.prepared if params.is_file() else None
+        return StageStatus(what, main_export(args, prepared))
     if getattr(args, "nproc", None) is not None:
         args.overrides.append(f"{nproc_key(args.name)}={args.nproc}")
     cfg = load_config(args.params, args.overrides)

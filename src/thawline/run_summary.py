@@ -26,7 +26,19 @@ def summary_lines(cfg: Config) -> list[str]:
             f"{metrics['accuracy_ci_low']:.4f}-{metrics['accuracy_ci_high']:.4f}, "
             f"{int(metrics['examples'])} {'documents' if text else 'images'})"
         )
+    if "temperature" in metrics:
+        lines.append(
+            f"  calibration: temperature {metrics['temperature']:.3f}, ECE "
+            f"{metrics['uncalibrated_ece']:.4f} -> {metrics['ece']:.4f}, log-loss "
+            f"{metrics['uncalibrated_loss']:.4f} -> {metrics['loss']:.4f}"
+        )
     registration = read_registration(cfg.paths.registration)
+    onnx = registration.get("onnx") or {}
+    if onnx.get("exported"):
+        lines.append(f"ONNX: {onnx['path']} (onnxruntime within {onnx['max_abs_difference']:.0e}"
+                     f" of PyTorch on {onnx['checked_examples']} test items)")  # fmt: skip
+    elif onnx:
+        lines.append(f"no ONNX file: {onnx.get('reason', '')}")
     if registration.get("registered"):
         decision = registration.get("decision") or {}
         champion = (registration.get("aliases") or {}).get("champion")
@@ -37,7 +49,7 @@ def summary_lines(cfg: Config) -> list[str]:
     uri = tracking_uri(cfg)
     lines += [
         "next:",
-        f"  thawline report              HTML report in {cfg.paths.report}",
+        f"  open {cfg.paths.report}   (thawline report writes it again)",
         f"  mlflow ui --backend-store-uri {uri}",
         "  dvc metrics show             (dvc metrics diff after a change)",
         f"  thawline predict --model models:/{cfg.registry.model_name}@champion "

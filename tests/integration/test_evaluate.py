@@ -7,17 +7,20 @@ import csv
 import json
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import small_config
 from thawline.data.store import load_split, read_manifest, write_store
 from thawline.evaluation import EvaluationError
+from thawline.evaluation.metrics import top_losses
 from thawline.evaluation.predictions import load_predictions
 from thawline.features.cache import CacheError, load_features
 from thawline.files import sha256_file
@@ -136,8 +139,10 @@ def test_evaluate_head_on_ten_classes(ten_classes, tmp_path, caplog):
     assert saved.pred.tolist() == saved.probs.argmax(axis=1).tolist()
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"accuracy", "macro_f1", "ece", "loss", "head_only_accuracy",
-                            "examples", "accuracy_ci_low", "accuracy_ci_high"}  # fmt: skip
+    assert set(metrics) == {"accuracy", "macro_f1", "ece", "loss", "brier", "head_only_accuracy",
+                            "examples", "accuracy_ci_low", "accuracy_ci_high", "temperature",
+                            "uncalibrated_ece", "uncalibrated_loss",
+                            "uncalibrated_brier"}  # fmt: skip
     # Every model's test accuracy (dvc metrics diff compares strategies); here the head only
     assert metrics["head_only_accuracy"] == metrics["accuracy"]
     assert metrics["examples"] == len(saved.labels)
@@ -149,8 +154,19 @@ def test_evaluate_head_on_ten_classes(ten_classes, tmp_path, caplog):
     head, _ = load_head(cfg.paths.head)
     features, labels = load_features(cfg.paths.features, "test")
     with torch.no_grad():
-        loss = torch.nn.functional.cross_entropy(head(features), labels).item()
-    assert metrics["loss"] == pytest.approx(loss, rel=1e-4)
+        logits = head(features)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert metrics["uncalibrated_loss"] == pytest.approx(loss, rel=1e-4)
+    # Temperature scaling, fitted on val: the test loss is that of logits / T, the argmax (and
+    # so the accuracy) is the head's own, and the record says why T was kept or not.
+    calibrated = torch.nn.functional.cross_entropy(logits / metrics["temperature"], labels)
+    assert metrics["loss"] == pytest.approx(calibrated.item(), rel=1e-4)
+    assert metrics["accuracy"] == pytest.approx((logits.argmax(1) == labels).float().mean())
+    fit = json.loads((out / "calibration.json").read_text())
+    assert fit["temperature"] == metrics["temperature"] and fit["reason"]
+    assert fit["val_examples"] == len(load_split(cfg.paths.prepared, "val").labels)
+    if fit["kept"]:
+        assert fit["val_nll_after"] < fit["val_nll_before"]
 
     matrix = np.array(json.loads((out / "confusion_matrix.json").read_text())["matrix"])
     assert matrix.sum() == 200 and np.trace(matrix) == saved.correct.sum()
@@ -161,9 +177,30 @@ def test_evaluate_head_on_ten_classes(ten_classes, tmp_path, caplog):
     assert [r["count"] for r in confused] == sorted((r["count"] for r in confused), reverse=True)
 
     check_plot_data(out / "plots", saved, history)
-    for name in ("confusion_matrix.png", "reliability.png", "curves.png", "gallery.png"):
+    for name in ("confusion_matrix.png", "reliability.png", "curves.png", "gallery.png",
+                 "strategy_curves.png", "samples.png", "confused_examples.png",
+                 "cams_top_losses.png", "cams_per_class.png"):  # fmt: skip
         assert is_png(out / name), name
     assert not (out / "roc.png").exists()
+    check_cams(out, saved, cfg.evaluate.gallery_size)
+
+
+def check_cams(out: Path, saved, gallery_size: int):
+    """Grad-CAM maps at the model's input size, in [0, 1], for the top losses and one correct
+    example per class (the predicted class each time)."""
+    cams = load_file(str(out / "cams.safetensors"))
+    size = 32  # extract.image_size of small_config: what the model sees
+    assert cams["top_losses.maps"].shape == (gallery_size, size, size)
+    assert cams["top_losses.rows"].tolist() == top_losses(saved.probs, saved.labels,
+                                                          gallery_size).tolist()  # fmt: skip
+    per_class = cams["per_class.rows"].numpy()
+    assert cams["per_class.maps"].shape == (len(per_class), size, size)
+    assert saved.correct[per_class].all()  # correct examples...
+    assert sorted(saved.labels[per_class].tolist()) == sorted(set(saved.labels[per_class]))
+    for name in ("top_losses", "per_class"):  # ...explained for the class the model predicted
+        assert cams[f"{name}.targets"].tolist() == saved.pred[cams[f"{name}.rows"]].tolist()
+        maps = cams[f"{name}.maps"].float()
+        assert maps.min() >= 0 and maps.max() <= 1 and torch.isfinite(maps).all()
 
 
 def check_plot_data(plots: Path, saved, history):
@@ -201,8 +238,9 @@ def test_two_classes_get_roc_auc_sensitivity_specificity(two_classes, tmp_path):
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(saved.labels, saved.probs[:, 1]))
     assert metrics["roc_auc"] > 0.5
     assert set(json.loads((cfg.paths.evaluation / "metrics.json").read_text())) == {
-        "accuracy", "macro_f1", "ece", "loss", "roc_auc", "sensitivity", "specificity",
-        "head_only_accuracy", "examples", "accuracy_ci_low", "accuracy_ci_high",
+        "accuracy", "macro_f1", "ece", "loss", "brier", "roc_auc", "sensitivity", "specificity",
+        "head_only_accuracy", "examples", "accuracy_ci_low", "accuracy_ci_high", "temperature",
+        "uncalibrated_ece", "uncalibrated_loss", "uncalibrated_brier",
     }  # fmt: skip
     assert is_png(cfg.paths.evaluation / "roc.png")
     assert (cfg.paths.evaluation / "plots" / "roc.csv").read_text().startswith("fpr,tpr\n")
@@ -249,8 +287,43 @@ def test_report_embeds_metrics_plots_and_strategies(ten_classes, tmp_path):
     assert f"{metrics['accuracy']:.4f}" in page and f"{metrics['macro_f1']:.4f}" in page
     assert "head_only" in page and "T-shirt/top" in page and "Ankle boot" in page
     assert "<script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
-    assert "scratch" not in page  # a strategy that did not run gets no row
+    assert "<td>scratch" not in page  # a strategy that did not run gets no row
     images = page.split("data:image/png;base64,")[1:]
-    assert len(images) == 4  # confusion, reliability, curves, gallery (no ROC for 10 classes)
+    # confusion, reliability, both curves, gallery, samples, confused examples, two CAM grids
+    # (no ROC for 10 classes)
+    assert len(images) == 9
     assert all(base64.b64decode(img.split("'")[0])[:8] == PNG_MAGIC for img in images)
     assert write_report(cfg) == cfg.paths.report and cfg.paths.report.is_file()
+    page = cfg.paths.report.read_text()
+    for title in ("Decision", "Headline metrics", "Strategies", "Data", "Training curves",
+                  "Confusion", "Calibration", "Class-activation maps", "Top losses", "Per class",
+                  "Configuration"):  # fmt: skip
+        assert f"<h2>{title}</h2>" in page, title
+    assert "Not registered yet" in page  # the gate's place, before register ran
+    assert "Temperature T = " in page and "before scaling" in page
+    assert "tf_efficientnet_lite0" in page  # the config and backbone
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(n)), None)  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium on this machine")
+def test_the_report_renders_in_headless_chromium(ten_classes, tmp_path):
+    """The page a person opens: Chromium lays it out (every section, every image decoded) and
+    takes a screenshot, as docs/report.png was taken."""
+    cfg = with_paths(ten_classes, tmp_path, gallery_size=8)
+    fit_quick_head(cfg, 10)
+    evaluate.run(cfg, progress=False)
+    page = write_report(cfg)
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'ud'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for anchor in ("decision", "metrics", "strategies", "data", "curves", "confusion",
+                   "calibration", "cams", "losses", "classes", "config"):  # fmt: skip
+        assert f'id="{anchor}"' in dom.stdout, anchor
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,4000",
+                    page.as_uri()], capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert shot.read_bytes()[:8] == PNG_MAGIC and shot.stat().st_size > 50_000

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow.artifacts
+import numpy as np
+import onnxruntime
 import pytest
 import torch
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tests.registry_support import NAME, pipeline_config
 from thawline.data.images import BadImageError
 from thawline.data.store import load_split, read_manifest
+from thawline.evaluation.temperature import scale
 from thawline.features.cache import load_features
-from thawline.files import read_json
+from thawline.files import read_json, write_json
+from thawline.models.storage import load_classifier
 from thawline.predict import main_predict, predict_paths
 from thawline.stages import register
 from thawline.stages.register import png_bytes
 from thawline.tracking import RegistryError, load_model
+from thawline.tracking.pyfunc import classify
 
 
 @pytest.fixture
@@ -122,3 +129,43 @@ def test_a_moved_project_still_predicts_from_its_registry(pipeline, scenario, tm
             (moved / "elsewhere").rename(moved / "mlruns")
     finally:
         moved.rename(project)
+
+
+def test_the_temperature_and_the_onnx_file_travel_with_the_registered_version(pipeline, tmp_path):
+    """evaluate's temperature goes into the saved spec, so the registered pyfunc and the ONNX
+    file logged with the version output the same calibrated probabilities."""
+    cfg = pipeline_config(tmp_path, pipeline.cfg.paths.prepared, pipeline.cfg.paths.features,
+                          tmp_path / "store", name="calibrated")  # fmt: skip
+    cfg = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"onnx": True})})
+    pipeline.use("good", cfg)
+    write_json(cfg.paths.evaluation / "calibration.json",
+               {"temperature": 2.0, "kept": True, "reason": "fitted on val"})  # fmt: skip
+    record = register.run(cfg, progress=False).info
+    assert record["onnx"]["exported"] and record["onnx"]["max_abs_difference"] <= 1e-4
+    assert record["onnx"]["checked_examples"] == 64
+    assert read_json(cfg.paths.model / "model.json")["temperature"] == 2.0
+
+    test = load_split(cfg.paths.prepared, "test")
+    pixels = test.images[:40].permute(0, 2, 3, 1)
+    uri = f"models:/calibrated/{record['version']}"
+    served = np.array(load_model(uri, cfg.tracking.uri).predict(list(pixels.numpy()))
+                      ["probabilities"].tolist())  # fmt: skip
+    plain = load_classifier(cfg.paths.model)
+    del plain.spec["temperature"]
+    uncalibrated = np.stack(classify(plain, list(pixels.numpy()))["probabilities"])
+    assert np.allclose(served, scale(uncalibrated, 2.0), atol=1e-5)
+    assert np.array_equal(served.argmax(1), uncalibrated.argmax(1))  # T never changes a label
+
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(
+            uri, dst_path=str(tmp_path / "dl"), tracking_uri=cfg.tracking.uri
+        )
+    )
+    (onnx_file,) = downloaded.rglob("model.onnx")
+    run = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    portable = run.run(None, {"pixels": pixels.numpy()})[0]
+    # The graph resizes in float, the pyfunc in uint8 (as training saw): close, not equal.
+    assert np.mean(portable.argmax(1) == served.argmax(1)) >= 0.95
+    assert np.abs(portable - served).mean() < 0.01, np.abs(portable - served).mean()
+    tags = MlflowClient(cfg.tracking.uri).get_model_version("calibrated", record["version"]).tags
+    assert tags["thawline.temperature"] == "2.0"

@@ -7,7 +7,10 @@ from __future__ import annotations
 import html
 import json
 import subprocess
+from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 
@@ -145,15 +148,23 @@ def test_finetune_evaluate_register_serve_and_predict(text_pipeline, tmp_path):
     page = write_report(cfg).read_text()
     snippet = html.escape(gallery[0]["text"][:40], quote=True)
     assert "Top losses" in page and "tfidf_svm" in page and snippet in page
-    register.run(cfg, progress=False)
+    record = register.run(cfg, progress=False).info
     uri = f"models:/{cfg.registry.model_name}@champion"
     documents = ["The chancellor's budget cut taxes for small firms and lifted share prices.",
                  "The midfielder signed a new contract with the club until 2027."]  # fmt: skip
+    portable = onnx_probabilities(cfg.paths.model, documents)
+    assert record["onnx"]["exported"] and record["onnx"]["inputs"] == [
+        "input_ids",
+        "attention_mask",
+    ]
     with model_server(uri, cfg.tracking.uri, tmp_path) as base:
         status, body = post(base, {"inputs": {"text": documents}})
         assert status == 200, body
         rows = body["predictions"]
         assert len(rows) == 2 and all(len(r["top_labels"]) == 5 for r in rows)
+        # The ONNX file and its tokenizer answer as the served model does.
+        served = np.array([r["probabilities"] for r in rows])
+        assert np.abs(served - portable).max() < 1e-3
         for payload, why in (
             ({"dataframe_records": [{"text": "   "}]}, "text 0: empty or whitespace only"),
             ({"dataframe_records": [{"text": 12}]}, "text 0: expected a string, got int"),
@@ -190,3 +201,20 @@ def test_text_finetune_under_torchrun_with_lora(text_pipeline, tmp_path):
     assert record["processes"] == 2 and record["trained"]
     model = load_classifier(tmp_path / "ddp" / "model")
     assert not any("lora" in name for name, _ in model.named_parameters())
+
+
+def onnx_probabilities(model_dir: Path, documents: list[str]) -> np.ndarray:
+    """What a user with only onnxruntime and tokenizers gets from register's model.onnx."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "model.tokenizer" / "tokenizer.json"))
+    tokenizer.enable_padding()
+    tokenizer.enable_truncation(256)
+    encoded = tokenizer.encode_batch(documents)
+    feeds = {
+        "input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64),
+    }
+    session = onnxruntime.InferenceSession(str(model_dir / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])  # fmt: skip
+    return session.run(None, feeds)[0]

@@ -80,8 +80,12 @@ def test_binary_rates_without_positives_are_left_out():
 def test_multiclass_has_no_binary_metrics():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]])
     scalars = evaluate_predictions(probs, np.array([0, 1, 0]), ["a", "b", "c"]).scalars
-    assert set(scalars) == {"accuracy", "macro_f1", "ece", "loss"}
+    assert set(scalars) == {"accuracy", "macro_f1", "ece", "loss", "brier"}
     assert scalars["accuracy"] == pytest.approx(2 / 3)
+    # Brier: mean squared distance to the one-hot labels
+    expected = np.mean([(0.3**2 + 0.2**2 + 0.1**2), (0.1**2 + 0.2**2 + 0.1**2),
+                        (0.7**2 + 0.3**2 + 0.4**2)])  # fmt: skip
+    assert scalars["brier"] == pytest.approx(expected)
 
 
 def test_confusion_matrix_rows_are_actual_columns_predicted():

@@ -21,6 +21,8 @@ class EvaluateParams(Section):
     calibration_bins: int = Field(default=15, gt=1, le=100)
     gallery_size: int = Field(default=16, ge=0, le=100)  # top-loss images in the gallery PNG
     confused_top: int = Field(default=10, ge=1)  # rows in the "most confused" table
+    temperature: bool = True  # fit one temperature on val, kept only if it lowers the val NLL
+    cams: bool = True  # class-activation maps (image models): top losses, one right per class
 
 
 class TrackingParams(Section):
@@ -41,6 +43,7 @@ class RegistryParams(Section):
     margin: float = Field(default=0.0, ge=0, lt=1)
     # ...and a paired McNemar test on the same pinned split must reject equality at this level.
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    onnx: bool = True  # write model.onnx beside the saved model (checked, logged with the version)
 
 
 class FlowParams(Section):

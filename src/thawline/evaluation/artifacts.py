@@ -2,11 +2,14 @@
 
 ``paths.evaluation`` holds, for the model ``evaluate`` chose::
 
-    metrics.json              flat scalars for ``dvc metrics``: accuracy, macro_f1, ece, loss
-                              (+ roc_auc, sensitivity, specificity for two classes), every
-                              model's <model>_accuracy, examples and the Wilson 95% interval
-                              accuracy_ci_low/high; written last (write_metrics)
+    metrics.json              flat scalars for ``dvc metrics``: accuracy, macro_f1, ece, loss,
+                              brier (after temperature scaling), temperature and
+                              uncalibrated_{ece,loss,brier} (+ roc_auc, sensitivity,
+                              specificity for two classes), every model's <model>_accuracy,
+                              examples and the Wilson 95% interval accuracy_ci_low/high;
+                              written last (write_metrics)
     summary.json              model, why it was chosen, split + fingerprint, metrics, history
+    calibration.json          the temperature fitted on val, kept or not, and why
     per_class.json            precision, recall, F1 and support per class
     confusion_matrix.json     classes and counts [actual][predicted]
     most_confused.json        the largest off-diagonal confusion cells
@@ -16,6 +19,13 @@
     plots/history.csv         the model's training history, one row per epoch
     plots/roc.csv             two classes only: fpr, tpr
     confusion_matrix.png  reliability.png  curves.png  gallery.png  roc.png (two classes)
+    strategy_curves.png       every model's validation accuracy and training loss, overlaid
+    samples.png  confused_examples.png  cams_top_losses.png  cams_per_class.png
+                              images: training samples per class, examples of the most confused
+                              pairs, Grad-CAM overlays of the top losses and of one correct
+                              example per class
+    cams.safetensors          the Grad-CAM maps behind those overlays (<set>.maps [K, S, S],
+                              <set>.rows: their rows in the split, <set>.targets: the class)
     compare/<model>/          metrics.json and summary.json of every evaluated model
 
 and ``paths.registration`` the register stage's decision. This module alone knows these names;
@@ -32,12 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
-from thawline.evaluation.metrics import Evaluation
+from thawline.evaluation.metrics import Calibration, Evaluation
 from thawline.evaluation.plots import (
     plot_confusion_matrix,
+    plot_grid,
     plot_reliability,
     plot_roc,
+    plot_strategy_curves,
     plot_top_losses,
     plot_training_curves,
 )
@@ -45,8 +59,13 @@ from thawline.evaluation.predictions import PREDICTIONS, save_predictions
 from thawline.files import atomic_path, read_json, remove_stale_temps, write_json
 
 METRICS, SUMMARY, COMPARE, PLOTS = "metrics.json", "summary.json", "compare", "plots"
+CALIBRATION = "calibration.json"
 TABLES = ("per_class", "most_confused", "gallery")  # gallery.json: a text model's top losses
 FIGURES = ("confusion_matrix", "reliability", "curves", "roc", "gallery")
+# Pictures of the data and the model: image models only, but strategy_curves (every model).
+PICTURES = ("strategy_curves", "samples", "confused_examples", "cams_top_losses",
+            "cams_per_class")  # fmt: skip
+CAMS = "cams.safetensors"
 __all__ = ["COMPARE", "METRICS", "PREDICTIONS", "SUMMARY", "write_evaluation", "write_metrics"]
 
 
@@ -104,6 +123,55 @@ def write_comparison(folder: Path, rows: dict[str, tuple[dict, dict]]) -> None:
         write_json(compare / name / METRICS, metrics)
 
 
+def write_calibration(folder: Path, fit: dict, after: Calibration, before: Calibration | None):
+    """``calibration.json`` (the temperature, whether it was kept and why) and, when it was
+    kept, the reliability diagram redrawn with the model before scaling beside it."""
+    write_json(Path(folder) / CALIBRATION, fit)
+    if before is not None:
+        plot_reliability(after, Path(folder) / "reliability.png", before=before)
+
+
+def read_calibration(folder: Path) -> dict[str, Any]:
+    """The chosen model's temperature record (``{}`` when none was written)."""
+    return _read(Path(folder) / CALIBRATION)
+
+
+def clear_pictures(folder: Path) -> None:
+    """Remove the pictures of an earlier evaluation: a picture that no longer applies (a text
+    model, CAMs switched off) must not stay behind."""
+    for name in PICTURES:
+        figure_path(folder, name).unlink(missing_ok=True)
+    (Path(folder) / CAMS).unlink(missing_ok=True)
+
+
+def write_picture(folder: Path, name: str, images, titles: list[str], title: str, **style):
+    """One of ``PICTURES`` as a grid of images with their titles."""
+    if name not in PICTURES:
+        raise ValueError(f"no picture '{name}'; pictures: {PICTURES}")
+    plot_grid(images, titles, figure_path(folder, name), title, **style)
+
+
+def write_strategy_curves(folder: Path, histories: dict[str, list[dict]]) -> None:
+    plot_strategy_curves(histories, figure_path(folder, "strategy_curves"))
+
+
+def write_cams(folder: Path, sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """``cams.safetensors``: per set (``top_losses``, ``per_class``) its maps, rows, targets."""
+    tensors = {}
+    for name, (maps, rows, targets) in sets.items():
+        tensors |= {f"{name}.maps": torch.from_numpy(maps).half(),
+                    f"{name}.rows": torch.from_numpy(rows).long(),
+                    f"{name}.targets": torch.from_numpy(targets).long()}  # fmt: skip
+    with atomic_path(Path(folder) / CAMS) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def read_cams(folder: Path) -> dict[str, torch.Tensor]:
+    """The maps :func:`write_cams` wrote (``{}`` when there are none)."""
+    path = Path(folder) / CAMS
+    return load_file(str(path)) if path.is_file() else {}
+
+
 def has_evaluation(folder: Path) -> bool:
     return (Path(folder) / METRICS).is_file()
 
@@ -120,6 +188,12 @@ def read_summary(folder: Path) -> dict[str, Any]:
 def comparison_folder(folder: Path, model: str) -> Path:
     """Where ``evaluate`` scores ``model``: ``compare/<model>/`` under the evaluation folder."""
     return Path(folder) / COMPARE / model
+
+
+def compared_models(folder: Path) -> list[str]:
+    """The models and baselines scored in ``compare/``, by name."""
+    compare = Path(folder) / COMPARE
+    return sorted(p.name for p in compare.iterdir() if p.is_dir()) if compare.is_dir() else []
 
 
 def read_scored(folder: Path) -> tuple[dict, dict] | None:
@@ -222,6 +296,7 @@ def _write_pngs(out: Path, ev: Evaluation, scored, history, classes, images) -> 
         return
     titles = [
         f"true: {classes[labels[i]]}\npred: {classes[ev.pred[i]]} (p={probs[i, ev.pred[i]]:.2f})"
+        f"\nloss {-np.log(max(probs[i, labels[i]], 1e-300)):.2f}"
         for i in ev.top_losses
     ]
     plot_top_losses(images[ev.top_losses], titles, out / "gallery.png")

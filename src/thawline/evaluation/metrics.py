@@ -45,7 +45,7 @@ class Evaluation:
     """Everything the ``evaluate`` stage reports about one model on one split."""
 
     pred: np.ndarray  # int64 [N]
-    scalars: dict[str, float]  # accuracy, macro_f1, ece, loss (+ roc_auc, sensitivity, specificity)
+    scalars: dict[str, float]  # accuracy, macro_f1, ece, loss, brier (+ two-class rates)
     confusion: np.ndarray  # [C, C], rows = actual, columns = predicted
     per_class: list[dict]
     most_confused: list[dict]
@@ -82,6 +82,15 @@ def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     # Only an exact 0 is raised (to the smallest normal float64), so one confidently wrong
     # example cannot make the mean infinite; pass float64 probabilities to keep tiny ones exact.
     return float(-np.mean(np.log(np.maximum(p_true, np.finfo(np.float64).tiny))))
+
+
+def brier(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score: mean over examples of the squared distance to the one-hot label
+    (0 is perfect, 2 the worst)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
 
 
 def per_class_report(labels: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[dict]:
@@ -214,6 +223,7 @@ def evaluate_predictions(
         "macro_f1": macro_f1(labels, pred, len(classes)),
         "ece": calib.ece,
         "loss": log_loss(probs, labels),
+        "brier": brier(probs, labels),
     }
     curve = roc(probs, labels) if len(classes) == 2 else None
     if len(classes) == 2:  # the two-class scores the seeds' X-ray exercise asks for

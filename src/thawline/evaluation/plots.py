@@ -1,4 +1,4 @@
-"""PNG plots for people: confusion matrix, reliability diagram, training curves, ROC, top losses.
+"""PNG plots for people: confusion matrix, reliability diagram, training curves, ROC, image grids.
 
 Figures are built on matplotlib's Agg canvas directly (no pyplot), so plotting never touches a
 display or pyplot's global state, and is safe in worker threads. Every file is written atomically.
@@ -58,8 +58,9 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: list[str], path: Path) ->
     return _save(fig, path)
 
 
-def plot_reliability(calib: Calibration, path: Path) -> Path:
-    """Accuracy per confidence bin against the diagonal, with the bin counts underneath."""
+def plot_reliability(calib: Calibration, path: Path, before: Calibration | None = None) -> Path:
+    """Accuracy per confidence bin against the diagonal, with the bin counts underneath; with
+    ``before`` (the model before temperature scaling), its bins as a line over the bars."""
     fig = _figure(5.5, 6)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     width = np.diff(calib.edges)
@@ -68,15 +69,21 @@ def plot_reliability(calib: Calibration, path: Path) -> Path:
     acc = np.where(filled, calib.accuracy, 0.0)
     conf = np.where(filled, calib.confidence, 0.0)
     top.bar(left, acc, width=width, align="edge", color="#4c72b0", edgecolor="white",
-            label="accuracy")  # fmt: skip
+            label="accuracy" if before is None else "accuracy (calibrated)")  # fmt: skip
     # Hatched outlines from accuracy to mean confidence: readable above and below the bars.
     top.bar(left[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled],
             align="edge", fill=False, hatch="//", edgecolor="#c44e52", linewidth=0.8,
             label="gap to mean confidence")  # fmt: skip
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    title = f"Reliability diagram (ECE = {calib.ece:.4f})"
+    if before is not None:
+        shown = before.count > 0
+        top.plot(before.confidence[shown], before.accuracy[shown], "o-", color="#dd8452",
+                 markersize=4, label=f"before scaling (ECE {before.ece:.4f})")  # fmt: skip
+        title = f"Reliability: ECE {before.ece:.4f} before, {calib.ece:.4f} after scaling"
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
-    top.set_title(f"Reliability diagram (ECE = {calib.ece:.4f})")
+    top.set_title(title, fontsize=10)
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(left, calib.count, width=width, align="edge", color="#55a868", edgecolor="white")
     bottom.set_xlim(0, 1)
@@ -135,15 +142,59 @@ def plot_roc(curve: Roc, path: Path, positive: str) -> Path:
 
 def plot_top_losses(images: np.ndarray, titles: list[str], path: Path) -> Path:
     """A grid of uint8 images ``[K, 3, S, S]`` with their titles (true / predicted, p)."""
+    return plot_grid(images, titles, path, "Top losses: true / predicted (p = predicted "
+                     "probability), loss = -log p(true)", colour="#b00020", inches=2.3)  # fmt: skip
+
+
+def plot_grid(
+    images, titles: list[str], path: Path, title: str, colour: str = "black", cols: int = 0,
+    inches: float = 2.1,
+) -> Path:  # fmt: skip
+    """uint8 images (``[3, S, S]`` or ``[S, S, 3]`` each) in a grid, a title over each, each
+    ``inches`` wide."""
     count = len(images)
-    cols = min(count, max(1, math.ceil(math.sqrt(count))))
+    cols = cols or min(count, max(1, math.ceil(math.sqrt(count))))
     rows = max(1, math.ceil(count / cols))
-    fig = _figure(2.3 * cols, 2.5 * rows)
-    fig.suptitle("Top losses: true / predicted (p = predicted probability)")
+    fig = _figure(inches * cols, (inches + 0.3) * rows + 0.3)
+    fig.suptitle(title)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes:
         ax.set_axis_off()
-    for ax, image, title in zip(axes, images, titles, strict=False):
-        ax.imshow(np.transpose(image, (1, 2, 0)), interpolation="nearest")
-        ax.set_title(title, fontsize=8, color="#b00020")
+    for ax, image, text in zip(axes, images, titles, strict=False):
+        picture = np.asarray(image)
+        if picture.ndim == 3 and picture.shape[0] == 3:
+            picture = np.transpose(picture, (1, 2, 0))
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(text, fontsize=8, color=colour)
+    return _save(fig, path)
+
+
+def plot_strategy_curves(histories: dict[str, list[dict]], path: Path) -> Path:
+    """Validation accuracy and training loss of every model on one pair of axes.
+
+    The fine-tuned model starts from the trained head, so its epochs continue the head's; the
+    scratch baseline starts at epoch 0.
+    """
+    fig = _figure(10, 4)
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    head_end = max((row.get("epoch", 0) for row in histories.get("head_only", [])), default=0)
+    for name, history in histories.items():
+        offset = head_end if name == "finetuned" else 0
+        for ax, key in ((acc_ax, "val_accuracy"), (loss_ax, "train_loss")):
+            points = [(row.get("epoch", i + 1) + offset, row[key])
+                      for i, row in enumerate(history) if row.get(key) is not None]  # fmt: skip
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=4, label=name)
+    if head_end and "finetuned" in histories:
+        for ax in (acc_ax, loss_ax):
+            ax.axvline(head_end, color="grey", ls=":", lw=1)
+            ax.text(head_end, 1.0, " thaw", transform=ax.get_xaxis_transform(), va="top",
+                    fontsize=8, color="grey")  # fmt: skip
+    for ax, what in ((acc_ax, "validation accuracy"), (loss_ax, "training loss")):
+        ax.set_xlabel("epoch (the fine-tune continues from the head)")
+        ax.set_title(what.capitalize())
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
     return _save(fig, path)

@@ -16,7 +16,7 @@ from thawline.models.preprocess import PooledFeatures, Preprocess, channels_last
 
 class Classifier(nn.Module):
     """uint8 images ``[B, 3, S, S]`` (the stored size), or token ids and masks ``[B, 2, L]``,
-    to logits ``[B, classes]``."""
+    to logits ``[B, classes]``, divided by the spec's ``temperature`` when there is one."""
 
     def __init__(self, features: PooledFeatures, head: Head, preprocess: Preprocess, spec: dict):
         super().__init__()
@@ -34,6 +34,11 @@ class Classifier(nn.Module):
         return int(self.spec["image_size"])
 
     @property
+    def temperature(self) -> float:
+        """What the logits are divided by: the calibration ``evaluate`` fitted (1: none)."""
+        return float(self.spec.get("temperature", 1.0))
+
+    @property
     def modality(self) -> str:
         return "text" if is_text(self.preprocess) else "image"
 
@@ -41,7 +46,13 @@ class Classifier(nn.Module):
         x = inputs
         if not x.is_floating_point():  # raw images (resize, crop, normalise) or tokens (trim)
             x = self.preprocess(x)
-        return self.head(self.features(channels_last(x)))
+        return self.network(x)
+
+    def network(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed input (normalised images, trimmed tokens) to logits."""
+        logits = self.head(self.features(channels_last(x)))
+        # A spec field, not a buffer: models saved before calibration load unchanged.
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def build_classifier(

@@ -10,6 +10,7 @@ Both are a folder of two files, safetensors weights (no pickle) and a JSON spec:
                                      spec, classes, stored image size)
     hf/                              text models: config.json and the tokenizer's files, so a
                                      saved or served text model needs no hub and no package
+    model.onnx (+ model.tokenizer/)  the same model for onnxruntime, written by register
 
 This module alone knows those names. Loading rebuilds the architecture from the JSON with random
 init (no download), then loads the tensors, so loading never unpickles anything.
@@ -31,6 +32,7 @@ from thawline.models.preprocess import preprocess_from_spec
 HEAD_WEIGHTS, HEAD_SPEC = "head.safetensors", "head.json"
 MODEL_WEIGHTS, MODEL_SPEC = "model.safetensors", "model.json"
 HF_FILES = "hf"
+MODEL_ONNX = "model.onnx"  # written by register (thawline.models.onnx_export), not read here
 
 
 def _save(folder: Path, module: torch.nn.Module, spec: dict, names: tuple[str, str], kind: str):
@@ -94,6 +96,8 @@ def load_classifier(folder: Path) -> Classifier:
         spec.get("pooling", "mean"),
     )  # fmt: skip
     model.spec["backbone"] = spec["backbone"]
+    if "temperature" in spec:
+        model.spec["temperature"] = float(spec["temperature"])
     model.load_state_dict(load_file(str(Path(folder) / MODEL_WEIGHTS)))
     if spec["backbone"].startswith("hf:"):  # what turns a request's strings into its input
         from transformers import AutoTokenizer

@@ -17,14 +17,16 @@ from thawline.models.storage import head_files, read_head_meta
 from thawline.run_stats import read_stats
 from thawline.stage_table import MODELS, trained_by
 
-COLUMNS = ("accuracy", "macro_f1", "ece", "loss", "roc_auc", "sensitivity", "specificity")
+COLUMNS = ("accuracy", "macro_f1", "ece", "loss", "brier", "temperature", "uncalibrated_ece",
+           "roc_auc", "sensitivity", "specificity")  # fmt: skip
 # (model, scored folder) or (model, scored folder, wall times): a caller comparing folders of
 # its own may have no times to give.
 Strategy = tuple[str, Path] | tuple[str, Path, dict[str, float | None]]
 
 
 def strategy_folders(cfg: Config) -> list[Strategy]:
-    """Every model's ``(name, comparison folder, times)``, in table order (probe first).
+    """Every model's ``(name, comparison folder, times)``, in table order (probe first), then
+    the baselines evaluate compared them with.
 
     ``times``: ``wall_time_s``, the model's own stage; ``total_time_s``, with the stages it
     builds on (extraction for the probe, and the probe for the fine-tune): transfer learning's
@@ -46,6 +48,13 @@ def strategy_folders(cfg: Config) -> list[Strategy]:
                 {"wall_time_s": wall, "total_time_s": total},
             )
         )
+    for name in artifacts.compared_models(cfg.paths.evaluation):  # baselines: TF-IDF for text
+        if name not in MODELS:
+            folder = artifacts.comparison_folder(cfg.paths.evaluation, name)
+            found = artifacts.read_scored(folder)
+            seconds = ((found or ({}, {}))[1].get("details") or {}).get("train_seconds")
+            rows.append((name, folder, {"wall_time_s": float(seconds) if seconds else None,
+                                        "total_time_s": None}))  # fmt: skip
     return rows
 
 

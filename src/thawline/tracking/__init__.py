@@ -6,7 +6,7 @@ registered or saved model for ``thawline predict``.
 """
 
 from thawline.errors import RegistryError
-from thawline.tracking.loading import Predictor, load_model
+from thawline.tracking.loading import Predictor, load_classifier_from, load_model
 from thawline.tracking.runs import NullTracker, Tracker, pipeline_run, stage_run
 from thawline.tracking.store import mlflow_errors, tracking_uri
 
@@ -15,6 +15,7 @@ __all__ = [
     "Predictor",
     "RegistryError",
     "Tracker",
+    "load_classifier_from",
     "load_model",
     "mlflow_errors",
     "pipeline_run",

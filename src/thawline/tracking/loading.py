@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from thawline.errors import RegistryError
+from thawline.models.classifier import Classifier
 from thawline.models.storage import MODEL_SPEC as SPEC
 from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.models.storage import load_classifier
@@ -68,19 +69,8 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
             return Predictor(model.classes, str(folder),
                              lambda values: classify_texts(model, values), "text")  # fmt: skip
         return Predictor(model.classes, str(folder), lambda values: classify(model, values))
-    resolved = location = uri
-    if uri.startswith(("models:/", "runs:/")):
-        store = tracking_uri or default_tracking_uri()
-        database = sqlite_path(store)
-        if database is not None and not database.is_file():  # never create an empty store
-            raise RegistryError(
-                f"{uri}: there is no MLflow store at {database}; run the pipeline first, or point "
-                "MLFLOW_TRACKING_URI (or --tracking-uri) at the store that holds the model"
-            )
-        client = client_for(store)
-        resolved = _resolve_alias(client, uri)
-        location = _version_location(client, resolved)
-    pyfunc = mlflow.pyfunc.load_model(location or resolved)
+    resolved, location = _locate(uri, tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(location)
     meta = (pyfunc.metadata.metadata or {}).get("thawline", {})
     if not meta.get("classes"):
         raise RegistryError(f"{uri}: not a thawline model (its MLmodel has no class list)")
@@ -91,6 +81,34 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
         return pyfunc.predict(pd.DataFrame({column: values}))
 
     return Predictor(list(meta["classes"]), resolved, predict, modality)
+
+
+def load_classifier_from(uri: str, tracking_uri: str | None = None) -> Classifier:
+    """The :class:`Classifier` behind a URI or folder (as :func:`load_model` takes), for tools
+    that need the network itself (ONNX export, class-activation maps)."""
+    folder = Path(uri).expanduser()
+    if (folder / SPEC).is_file() and (folder / WEIGHTS).is_file():
+        return load_classifier(folder)
+    wrapped = mlflow.pyfunc.load_model(_locate(uri, tracking_uri)[1]).unwrap_python_model()
+    if not hasattr(wrapped, "classifier"):
+        raise RegistryError(f"{uri}: not a thawline model")
+    return wrapped.classifier
+
+
+def _locate(uri: str, tracking_uri: str | None) -> tuple[str, str]:
+    """``(resolved URI, where its files are)``: an alias becomes its version number."""
+    if not uri.startswith(("models:/", "runs:/")):
+        return uri, uri
+    store = tracking_uri or default_tracking_uri()
+    database = sqlite_path(store)
+    if database is not None and not database.is_file():  # never create an empty store
+        raise RegistryError(
+            f"{uri}: there is no MLflow store at {database}; run the pipeline first, or point "
+            "MLFLOW_TRACKING_URI (or --tracking-uri) at the store that holds the model"
+        )
+    client = client_for(store)
+    resolved = _resolve_alias(client, uri)
+    return resolved, _version_location(client, resolved) or resolved
 
 
 def _version_location(client: MlflowClient, uri: str) -> str | None:

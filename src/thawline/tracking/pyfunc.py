@@ -49,6 +49,11 @@ class ThawlineModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self._model = load_classifier(Path(context.artifacts["model"]))
 
+    @property
+    def classifier(self) -> Classifier:
+        """The loaded network (``thawline export`` and other tools that need the module)."""
+        return self._model
+
     # A DataFrame hint keeps MLflow's signature-based parsing (other hints replace it).
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None):
         """Classify images.

@@ -129,6 +129,10 @@ def record_experiment_decision(
         registered.name, number, f"{TAG_EXPERIMENT}_gate", json.dumps(decision)))  # fmt: skip
 
 
+CALIBRATION_TAGS = ("ece", "uncalibrated_ece", "loss", "uncalibrated_loss", "brier",
+                    "uncalibrated_brier")  # fmt: skip
+
+
 def describe_version(
     client: MlflowClient,
     registered: Registered,
@@ -151,6 +155,11 @@ def describe_version(
     text = "\n".join(lines) + "\n"
     with_retry(lambda: client.update_model_version(
         registered.name, str(registered.version), description=text))  # fmt: skip
+    for key in CALIBRATION_TAGS:  # the registry page's filterable calibration, before and after
+        if key in metrics:
+            with_retry(lambda k=key: client.set_model_version_tag(
+                registered.name, str(registered.version), f"thawline.test_{k}",
+                f"{metrics[k]:.6g}"))  # fmt: skip
 
 
 def find_version(client: MlflowClient, name: str, digest: str) -> Registered | None:
@@ -256,6 +265,7 @@ def describe(spec: dict[str, Any]) -> dict[str, str]:
             "classes": spec["classes"],
             "image_size": spec["image_size"],
             "preprocess": spec["preprocess"],
+            "temperature": spec.get("temperature", 1.0),
         }
     )
 

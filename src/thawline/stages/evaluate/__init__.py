@@ -11,44 +11,24 @@ where, is :mod:`thawline.evaluation.artifacts`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from thawline.config import Config
 from thawline.data.store import PreparedStore
-from thawline.devices import resolve_device, resolve_precision
 from thawline.errors import EvaluationError, StoreError
 from thawline.evaluation import artifacts
 from thawline.evaluation.metrics import Evaluation, evaluate_predictions, wilson_interval
-from thawline.evaluation.tfidf import BASELINE, tfidf_svm
-from thawline.features.assemble import check_head
-from thawline.features.cache import FeatureCache
-from thawline.files import sha256_file
-from thawline.models.storage import head_files, load_head, read_head_meta
+from thawline.evaluation.temperature import scale
+from thawline.models.storage import read_head_meta
 from thawline.run_stats import read_stats
 from thawline.stage_table import CANDIDATES, MODELS, StageResult, trained_by
-from thawline.training.records import read_record
-from thawline.training.strategy import probe_accuracy
-from thawline.training.trained_model import load_trained
-from thawline.training.validate import predict_logits
+from thawline.stages.evaluate.outputs import HEAD_ONLY, ModelOutput, calibrate, model_outputs
+from thawline.stages.evaluate.pictures import write_pictures
 
 log = logging.getLogger(__name__)
-HEAD_ONLY = MODELS[0]  # the probe: the head on cached features
-
-
-@dataclass
-class ModelOutput:
-    """What a model predicted on the evaluated split, in the split's row order."""
-
-    probs: np.ndarray  # [N, C]; float64 keeps tiny probabilities for the log-loss
-    labels: np.ndarray  # int64 [N]
-    model: str  # head_only | finetuned | scratch
-    history: list[dict] = field(default_factory=list)  # per-epoch training metrics
-    val_accuracy: float | None = None  # best validation accuracy in training: what chooses
-    details: dict[str, str] = field(default_factory=dict)  # provenance, kept in summary.json
 
 
 def run(cfg: Config, *, progress: bool = True) -> StageResult:
@@ -72,10 +52,19 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     chosen, reason = choose_model(cfg.evaluate.model, outputs)
     log.info("evaluate: %s is the model (%s)", chosen, reason)
     info = {"split": split, "split_fingerprint": store.split_fingerprint(split),
-            "model": chosen, "reason": reason, "skipped": skipped}  # fmt: skip
+            "model": chosen, "reason": reason, "skipped": skipped,
+            "data": {"modality": store.modality, "image_size": store.image_size,
+                     "items": {s: store.count(s) for s in store.splits}}}  # fmt: skip
     out = cfg.paths.evaluation
     artifacts.begin(out)
     scored = {name: _score(cfg, output, store.classes) for name, output in outputs.items()}
+    fit, before = calibrate(cfg, store, chosen), scored[chosen]
+    if fit.kept:  # what the registered model will output: softmax(logits / T)
+        outputs[chosen] = replace(outputs[chosen], probs=scale(outputs[chosen].probs,
+                                                               fit.temperature))  # fmt: skip
+        scored[chosen] = _score(cfg, outputs[chosen], store.classes)
+    scored[chosen].scalars |= {"temperature": fit.temperature} | {
+        f"uncalibrated_{k}": before.scalars[k] for k in ("ece", "loss", "brier")}  # fmt: skip
     output, evaluation = outputs[chosen], scored[chosen]
     gallery = _split_images(store, split, output.labels) if cfg.evaluate.gallery_size else None
     artifacts.write_comparison(out, {
@@ -87,6 +76,9 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
         out, evaluation, (output.labels, output.probs),
         _summary(info, evaluation, output, store.classes), output.history, gallery,
     )  # fmt: skip
+    artifacts.write_calibration(out, fit.as_dict(), evaluation.calibration,
+                                before.calibration if fit.kept else None)  # fmt: skip
+    info |= write_pictures(cfg, store, outputs, chosen, evaluation)
     log.info("evaluated %s on %s: %s", chosen, split, _fmt(evaluation.scalars))
     metrics = dict(evaluation.scalars) | headline(scored, chosen, split)
     artifacts.write_metrics(out, metrics)  # last: marks a complete evaluation
@@ -111,40 +103,6 @@ def headline(scored: dict[str, Evaluation], chosen: str, split: str) -> dict[str
                       "accuracy_ci_high": high}  # fmt: skip
 
 
-def model_outputs(
-    cfg: Config, store: PreparedStore
-) -> tuple[dict[str, ModelOutput], dict[str, str]]:
-    """Every trained model's predictions on the evaluated split, and the models left out (why).
-
-    The head on cached features always counts (it must exist). A model trained on images counts
-    when its stage trained one from the current data (and, fine-tuned, the current head); an
-    out-of-date one is left out with a warning, unless ``evaluate.model`` asks for it.
-    """
-    outputs = {HEAD_ONLY: head_on_cached_features(cfg, store)}
-    if store.modality == "text":
-        outputs[BASELINE] = classical_baseline(cfg, store)
-    skipped = {}
-    for name in MODELS[1:]:
-        entry = trained_by(name)
-        folder = getattr(cfg.paths, entry.output)
-        record = read_record(folder)
-        if record is None and (folder / "model").exists():
-            problem = f"no record.json: the last '{entry.name}' did not finish"
-            log.warning("evaluate: leaving out %s (%s): %s", name, folder, problem)
-            skipped[name] = problem
-        if record is None or not record.get("trained"):
-            continue
-        problem = _stale(cfg, store, name, record)
-        if problem is None:
-            outputs[name] = trained_on_images(cfg, store, name, folder, record)
-        elif cfg.evaluate.model == name:
-            raise EvaluationError(f"{folder}: {problem}; rerun 'thawline stage {entry.name}'")
-        else:
-            log.warning("evaluate: leaving out %s (%s): %s", name, folder, problem)
-            skipped[name] = problem
-    return outputs, skipped
-
-
 def choose_model(wanted: str, outputs: dict[str, ModelOutput]) -> tuple[str, str]:
     """``(model, reason)``: ``wanted``, or for ``best`` the candidate with the best val accuracy.
 
@@ -167,83 +125,6 @@ def choose_model(wanted: str, outputs: dict[str, ModelOutput]) -> tuple[str, str
     best = max(scored, key=lambda n: (scored[n], n == last))
     table = ", ".join(f"{n} {v:.4f}" for n, v in scored.items())
     return best, f"best validation accuracy ({table})"
-
-
-def _stale(cfg: Config, store: PreparedStore, name: str, record: dict) -> str | None:
-    if record.get("prepared_fingerprint") != store.fingerprint:
-        return f"trained on other prepared data than {cfg.paths.prepared} holds"
-    head = head_files(cfg.paths.head).weights
-    if "head_sha256" in record and record["head_sha256"] != sha256_file(head):
-        return f"fine-tuned from another head than {cfg.paths.head} holds"
-    return None
-
-
-def classical_baseline(cfg: Config, store: PreparedStore) -> ModelOutput:
-    """TF-IDF + linear SVM on the prepared texts: compared, never chosen or registered."""
-    train, data = store.load("train"), store.load(cfg.evaluate.split)
-    probs, seconds = tfidf_svm(train.texts, train.labels.numpy(), data.texts, cfg.seed)
-    return ModelOutput(
-        probs=probs, labels=data.labels.numpy().astype(np.int64), model=BASELINE,
-        details={"model": "scikit-learn TfidfVectorizer(1-2 grams) + LinearSVC, calibrated",
-                 "weights_sha256": "", "train_seconds": f"{seconds:.2f}"},
-    )  # fmt: skip
-
-
-def trained_on_images(
-    cfg: Config, store: PreparedStore, name: str, folder: Path, record: dict
-) -> ModelOutput:
-    """Run a model trained on the prepared items (fine-tuned or scratch) over the evaluated
-    split."""
-    model = load_trained(folder, record)
-    device = resolve_device("auto")
-    precision = resolve_precision("auto", device, model.preprocess.size)
-    data = store.load(cfg.evaluate.split)
-    logits = predict_logits(model.to(device), data.inputs, precision=precision)
-    return ModelOutput(
-        probs=torch.softmax(logits.double(), dim=1).numpy(),  # float64: see head_on_cached...
-        labels=data.labels.numpy().astype(np.int64),
-        model=name,
-        history=list(record.get("history") or []),
-        val_accuracy=(record.get("best") or {}).get("val_accuracy"),
-        details={
-            "folder": str(folder),
-            "strategy": record.get("strategy", name),
-            "reason": record.get("reason", ""),
-            "image_size": str(model.preprocess.size),
-            "weights_sha256": record["model_sha256"],
-        },
-    )
-
-
-def head_on_cached_features(cfg: Config, store: PreparedStore) -> ModelOutput:
-    """Apply the trained head to the cached features of the evaluated split (no backbone)."""
-    folder = cfg.paths.head
-    for path in head_files(folder):
-        if not path.is_file():
-            raise EvaluationError(
-                f"{path}: no trained head here; run 'thawline stage train_head' first"
-            )
-    head, meta = load_head(folder)
-    cache = FeatureCache(cfg.paths.features)
-    check_head(folder, head.spec(), meta, cache, store)
-    features, labels = cache.load(cfg.evaluate.split)
-    with torch.inference_mode():
-        logits = torch.cat([head(chunk) for chunk in features.split(8192)])
-    # float64: a confident head's float32 softmax rounds small true-class probabilities to 0,
-    # which would turn the log-loss into a clipped guess.
-    probs = torch.softmax(logits.double(), dim=1)
-    return ModelOutput(
-        probs=probs.numpy(),
-        labels=labels.numpy().astype(np.int64),
-        model=HEAD_ONLY,
-        history=list(meta.get("history") or []),
-        val_accuracy=probe_accuracy(meta),
-        details={
-            "head": str(folder),
-            "features_fingerprint": cache.fingerprint,
-            "weights_sha256": sha256_file(head_files(folder).weights),
-        },
-    )
 
 
 def _score(cfg: Config, output: ModelOutput, classes: list[str]) -> Evaluation:

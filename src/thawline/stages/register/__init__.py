@@ -33,6 +33,7 @@ from thawline.files import sha256_file
 from thawline.models.classifier import Classifier
 from thawline.models.storage import head_files, save_classifier
 from thawline.stage_table import MODELS, StageResult, trained_by
+from thawline.stages.register.portable import export_portable
 from thawline.tracking import load_model, mlflow_errors, stage_run
 from thawline.tracking.provenance import run_tags as run_tags_of
 from thawline.tracking.registry import (
@@ -71,12 +72,14 @@ def run(cfg: Config, *, progress: bool = True) -> StageResult:
     """
     evaluated = evaluated_predictions(cfg)
     model_dir = save_classifier(evaluated_model(cfg, evaluated), cfg.paths.model)
+    portable = export_portable(cfg, model_dir)
     if cfg.tracking.enabled:
         with stage_run(cfg, "register") as tracker:
             record = register_and_gate(cfg, tracker, model_dir, evaluated)
     else:
         reason = f"tracking.enabled is false: the model is saved in {model_dir}, not registered"
         record = {"registered": False, "reason": reason}
+    record["onnx"] = portable
     artifacts.write_registration(cfg.paths.registration, record)
     decision = record.get("decision") or {}
     log.info("register: %s", decision.get("reason", record.get("reason")))
@@ -129,6 +132,9 @@ def evaluated_model(cfg: Config, evaluated: SavedPredictions) -> Classifier:
             f"{artifacts.predictions_path(cfg.paths.evaluation)}: evaluated another {chosen} "
             "model than the one on disk; rerun 'thawline stage evaluate'"
         )
+    temperature = artifacts.read_calibration(cfg.paths.evaluation).get("temperature", 1.0)
+    if temperature != 1.0:  # evaluated with it: predict, serve and ONNX output the same
+        model.spec["temperature"] = float(temperature)
     return model
 
 
@@ -173,6 +179,8 @@ def register_and_gate(
         "version": registered.version,
         "model_uri": registered.uri,
         "run_id": registered.run_id,
+        "experiment_id": tracker.store.experiment_id,  # the report links the MLflow UI to it
+        "tracking_uri": tracker.store.uri,
         "reused": registered.reused,
         "aliases": current,
         "decision": decision,

@@ -1,0 +1,93 @@
+"""Temperature scaling (Guo et al., 2017): one scalar T that divides the logits, fitted on
+validation, so that probabilities mean what they say. Pure functions, no I/O.
+
+Fitted by L-BFGS on the validation NLL over ``log T`` (so T stays positive), and kept only if
+the NLL improves: a fit that does not help keeps T = 1 (AutoGluon once shipped T = -1242, which
+flipped its ROC-AUC; autogluon PR #4396). Argmax is invariant to T, so accuracy never changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+LOG_T_LIMIT = math.log(100.0)  # T in [1/100, 100]: beyond that the fit is chasing a degenerate set
+MIN_GAIN = 1e-4  # relative NLL improvement below which scaling is noise, and T stays 1
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature and what decided it (``asdict`` is the calibration.json record)."""
+
+    temperature: float  # 1.0 unless kept
+    kept: bool
+    reason: str
+    fitted: float  # what L-BFGS found, kept or not
+    val_nll_before: float
+    val_nll_after: float
+    val_examples: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_probs(probs: np.ndarray) -> torch.Tensor:
+    """Logits up to a per-row constant (softmax does not see it): the log of probabilities."""
+    return torch.log(torch.as_tensor(probs, dtype=torch.float64).clamp_min(1e-300))
+
+
+def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(logits / T)`` from ``softmax(logits)``: float64 ``[N, C]``."""
+    if temperature == 1.0:
+        return np.asarray(probs, dtype=np.float64)
+    return torch.softmax(log_probs(probs) / temperature, dim=1).numpy()
+
+
+def nll(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``labels`` after scaling by ``temperature``."""
+    logits = log_probs(probs) / temperature
+    return float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)))
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
+    """Fit T on validation probabilities ``[N, C]`` and labels ``[N]``; keep it only if it helps.
+
+    Raises:
+        ValueError: No examples, or shapes that disagree.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape}: need [N, C] and [N]")
+    logits, target = log_probs(probs), torch.as_tensor(labels)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        loss = torch.nn.functional.cross_entropy(
+            logits / log_t.clamp(-LOG_T_LIMIT, LOG_T_LIMIT).exp(), target
+        )
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    fitted = float(log_t.detach().clamp(-LOG_T_LIMIT, LOG_T_LIMIT).exp())
+    before = nll(probs, labels)
+    after = nll(probs, labels, fitted) if math.isfinite(fitted) else math.inf
+    examples = len(labels)
+    if not math.isfinite(after) or after > before * (1 - MIN_GAIN):
+        reason = (f"T = {fitted:.3f} would not lower the validation NLL ({before:.4f} -> "
+                  f"{after:.4f}, {examples} examples): kept T = 1")  # fmt: skip
+        return TemperatureFit(1.0, False, reason, fitted, before, before, examples)
+    tone = "over-confident" if fitted > 1 else "under-confident"
+    reason = (f"T = {fitted:.3f} ({tone} before) lowers the validation NLL {before:.4f} -> "
+              f"{after:.4f} on {examples} examples")  # fmt: skip
+    return TemperatureFit(fitted, True, reason, fitted, before, after, examples)
+
+
+def no_fit(reason: str) -> TemperatureFit:
+    """T = 1 without a fit (no validation split, or nothing to calibrate)."""
+    return TemperatureFit(1.0, False, reason, 1.0, math.nan, math.nan, 0)
