@@ -289,9 +289,9 @@ def test_report_embeds_metrics_plots_and_strategies(ten_classes, tmp_path):
     assert "<script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
     assert "<td>scratch" not in page  # a strategy that did not run gets no row
     images = page.split("data:image/png;base64,")[1:]
-    # confusion, reliability, both curves, gallery, samples, confused examples, two CAM grids
-    # (no ROC for 10 classes)
-    assert len(images) == 9
+    # confusion, reliability, every model's curves, gallery, samples, confused examples, two
+    # CAM grids (no ROC for 10 classes)
+    assert len(images) == 8
     assert all(base64.b64decode(img.split("'")[0])[:8] == PNG_MAGIC for img in images)
     assert write_report(cfg) == cfg.paths.report and cfg.paths.report.is_file()
     page = cfg.paths.report.read_text()

@@ -170,17 +170,19 @@ def plot_grid(
 
 
 def plot_strategy_curves(histories: dict[str, list[dict]], path: Path) -> Path:
-    """Validation accuracy and training loss of every model on one pair of axes.
+    """Validation accuracy and loss of every model on one pair of axes.
 
-    The fine-tuned model starts from the trained head, so its epochs continue the head's; the
-    scratch baseline starts at epoch 0.
+    The fine-tuned model starts from the trained head, so its epochs continue the head's (its
+    epoch 0 is its start: the head, refit at the fine-tune's resolution); the scratch baseline
+    starts at epoch 0. Validation figures exist for every epoch, the start included, so even a
+    one-epoch fine-tune draws a line rather than a dot.
     """
     fig = _figure(10, 4)
     acc_ax, loss_ax = fig.subplots(1, 2)
     head_end = max((row.get("epoch", 0) for row in histories.get("head_only", [])), default=0)
     for name, history in histories.items():
         offset = head_end if name == "finetuned" else 0
-        for ax, key in ((acc_ax, "val_accuracy"), (loss_ax, "train_loss")):
+        for ax, key in ((acc_ax, "val_accuracy"), (loss_ax, "val_loss")):
             points = [(row.get("epoch", i + 1) + offset, row[key])
                       for i, row in enumerate(history) if row.get(key) is not None]  # fmt: skip
             if points:
@@ -191,10 +193,10 @@ def plot_strategy_curves(histories: dict[str, list[dict]], path: Path) -> Path:
             ax.axvline(head_end, color="grey", ls=":", lw=1)
             ax.text(head_end, 1.0, " thaw", transform=ax.get_xaxis_transform(), va="top",
                     fontsize=8, color="grey")  # fmt: skip
-    for ax, what in ((acc_ax, "validation accuracy"), (loss_ax, "training loss")):
+    for ax, what in ((acc_ax, "validation accuracy"), (loss_ax, "validation loss")):
         ax.set_xlabel("epoch (the fine-tune continues from the head)")
         ax.set_title(what.capitalize())
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,12 +156,18 @@ def _tokenize(model: Classifier, texts: list[str]) -> torch.Tensor:
 def _export(wrapper, example, path: Path, names, dynamic, opset: int) -> None:
     chatter = io.StringIO()  # the exporter prints its steps with emoji; keep them for errors
     try:
-        with contextlib.redirect_stdout(chatter), torch.inference_mode(False):
+        with (
+            contextlib.redirect_stdout(chatter),
+            torch.inference_mode(False),
+            warnings.catch_warnings(),
+        ):
+            # e.g. "The axis name: side will not be used": a note about naming, not a problem
+            warnings.simplefilter("ignore", UserWarning)
             program = torch.onnx.export(
                 wrapper, example, dynamo=True, opset_version=opset, input_names=names,
                 output_names=["probabilities"], dynamic_shapes=dynamic, verbose=False,
             )  # fmt: skip
-        program.save(str(path))
+            program.save(str(path))
     except Exception as err:  # the exporter raises many types; name the step that failed
         detail = chatter.getvalue().strip().splitlines()[-1:] or [""]
         raise ExportError(f"{path}: torch.onnx.export failed ({err}; {detail[0]})") from err

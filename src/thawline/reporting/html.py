@@ -96,13 +96,13 @@ def render_report(
         ("metrics", "Headline metrics", _cards(metrics)),
         ("strategies", "Strategies", _strategies_table(rows)),
         ("data", "Data", _data(summary) + shown("samples", "Sample of the training images")),
-        ("curves", "Training curves", shown("strategy_curves", "Every model") +
-         shown("curves", f"The chosen model ({summary.get('model', '?')})")),
-        ("confusion", "Confusion", shown("confusion_matrix", "Confusion matrix") +
+        ("curves", "Training curves", shown("strategy_curves", "", "Every model's validation "
+         "accuracy and loss; curves.png (and MLflow) has the chosen model's training loss too")),
+        ("confusion", "Confusion", shown("confusion_matrix", "") +
          _most_confused(artifacts.read_table(folder, "most_confused")) +
          shown("confused_examples", "Examples of the most confused pairs")),
         ("calibration", "Calibration", _calibration(artifacts.read_calibration(folder), metrics)
-         + shown("reliability", "Reliability diagram")),
+         + shown("reliability", "")),
         ("cams", "Class-activation maps", _cams(shown)),
         ("losses", "Top losses", _top_losses(folder, shown)),
         ("roc", "ROC", shown("roc", "ROC curve")),
@@ -248,7 +248,7 @@ def _top_losses(folder: Path, shown) -> str:
         body = [([r["true"], r["pred"], num(r["p"], 2), r["text"][:300] + "…"], False)
                 for r in documents]  # fmt: skip
         return table(["true", "predicted", "p", "document (start)"], body)
-    return shown("gallery", "Top losses")
+    return shown("gallery", "", "The test images the model got most wrong")
 
 
 def _most_confused(rows: list[dict] | None) -> str:

@@ -16,9 +16,10 @@ def figure(path: Path, title: str, caption: str = "") -> str:
         return ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     note = f"<p class='sub'>{e(caption)}</p>" if caption else ""
+    heading = f"<h3>{e(title)}</h3>" if title else ""
     return (
-        f"<figure><figcaption><h3>{e(title)}</h3>{note}</figcaption>"
-        f"<img alt='{e(title)}' src='data:image/png;base64,{data}'></figure>"
+        f"<figure><figcaption>{heading}{note}</figcaption>"
+        f"<img alt='{e(title or caption)}' src='data:image/png;base64,{data}'></figure>"
     )
 
 
