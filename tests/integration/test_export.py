@@ -110,6 +110,10 @@ def test_bad_requests_are_refused_before_anything_is_written(real_images, tmp_pa
     with pytest.raises(ExportError, match="no inputs to check"):
         export_onnx(model, tmp_path / "m.onnx", [])
     assert not list(tmp_path.iterdir())
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(ExportError, match=r"a-file/m\.onnx: cannot write the ONNX file"):
+        export_onnx(model, blocked / "m.onnx", list(images[:2]))
 
 
 def test_thawline_export_writes_a_checked_file_from_a_model_folder(real_images, tmp_path, capsys):
@@ -124,3 +128,11 @@ def test_thawline_export_writes_a_checked_file_from_a_model_folder(real_images, 
     assert "onnxruntime matches PyTorch on 4 synthetic images" in said
     got = session(out).run(None, {"pixels": images[:3].permute(0, 2, 3, 1).numpy()})[0]
     assert got.shape == (3, len(classes)) and np.allclose(got.sum(1), 1, atol=1e-5)
+
+
+def test_thawline_export_names_a_model_that_is_not_there(tmp_path, capsys):
+    status = main(["export", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "m"),
+                   "-p", str(tmp_path / "no-params.yaml")])  # fmt: skip
+    said = capsys.readouterr().err
+    assert status != 0 and f"{tmp_path / 'nothing'}: no such model folder" in said
+    assert not (tmp_path / "m").exists()

@@ -105,8 +105,8 @@ def export_onnx(
         opset: The ONNX opset.
 
     Raises:
-        ExportError: The exporter failed, or onnxruntime's probabilities differ from PyTorch's
-            by more than ``TOLERANCE`` or in argmax.
+        ExportError: The exporter failed, onnxruntime's probabilities differ from PyTorch's
+            by more than ``TOLERANCE`` or in argmax, or the file cannot be written.
     """
     if layout not in LAYOUTS:
         raise ExportError(f"layout '{layout}': use one of {', '.join(LAYOUTS)}")
@@ -115,12 +115,15 @@ def export_onnx(
     model = model.float().eval()
     wrapper, example, names, dynamic = _graph(model, check_inputs, layout)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        _export(wrapper, example, tmp, names, dynamic, opset)
-        _add_metadata(tmp, model, layout, opset)
-        difference = check_parity(tmp, wrapper, example, names)
-    tokenizer = _ship_tokenizer(model, path) if model.modality == "text" else None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            _export(wrapper, example, tmp, names, dynamic, opset)
+            _add_metadata(tmp, model, layout, opset)
+            difference = check_parity(tmp, wrapper, example, names)
+        tokenizer = _ship_tokenizer(model, path) if model.modality == "text" else None
+    except OSError as err:  # a read-only folder, a full disk: say where, not a traceback
+        raise ExportError(f"{path}: cannot write the ONNX file ({err.strerror or err})") from err
     return Exported(path, opset, names, difference, len(example[0]), tokenizer)
 
 

@@ -98,6 +98,12 @@ def load_classifier_from(uri: str, tracking_uri: str | None = None) -> Classifie
 def _locate(uri: str, tracking_uri: str | None) -> tuple[str, str]:
     """``(resolved URI, where its files are)``: an alias becomes its version number."""
     if not uri.startswith(("models:/", "runs:/")):
+        if "://" not in uri and not Path(uri).expanduser().exists():
+            raise RegistryError(
+                f"{uri}: no such model folder; give a thawline model folder (model.json + "
+                "model.safetensors, e.g. models/model), an MLflow model folder, or "
+                "models:/<name>@<alias>"
+            )
         return uri, uri
     store = tracking_uri or default_tracking_uri()
     database = sqlite_path(store)
