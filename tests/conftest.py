@@ -68,8 +68,9 @@ def small_config(tmp: Path, **sections) -> Config:
     raw["prepare"]["limit_per_class"] = 20
     raw["extract"] |= {"image_size": 32, "batch_size": 32}
     # The ONNX export takes ~10 s a model; tests/integration/test_export.py, test_register.py
-    # and the text pipeline test it, the others register without it.
+    # and the text pipeline test it, the others register without it. Likewise the CAMs.
     raw["registry"]["onnx"] = False
+    raw["evaluate"]["cams"] = False  # Grad-CAM: tests/integration/test_evaluate.py turns it on
     for name, values in sections.items():
         if isinstance(values, dict):
             raw.setdefault(name, {}).update(values)

@@ -42,6 +42,7 @@ def project(tmp_path_factory):
     params["scratch"]["enabled"] = False
     params["tracking"] |= {"uri": f"sqlite:///{repo / 'mlflow.db'}", "artifacts": "mlruns"}
     params["registry"]["onnx"] = False  # ~10 s; test_export.py tests it
+    params["evaluate"]["cams"] = False  # test_evaluate.py tests them
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/models/checkpoints/\n/reports/\n")
     sh(repo, "git", "init", "-q")

@@ -44,7 +44,7 @@ def with_paths(shared: Path, tmp: Path, **evaluate_opts):
             "evaluation": str(tmp / "evaluation"),
             "report": str(tmp / "report.html"),
         },
-        evaluate=evaluate_opts,
+        evaluate={"cams": True, **evaluate_opts},
     )
 
 

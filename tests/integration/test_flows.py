@@ -96,6 +96,7 @@ def project(tmp_path_factory, fashion_mnist_arrays) -> Path:
     params["tracking"]["uri"] = f"sqlite:///{repo / 'mlflow.db'}"
     params["flow"] |= {"retries": 2, "retry_delay_s": 1}
     params["registry"]["onnx"] = False  # ~10 s a registration; test_export.py tests it
+    params["evaluate"]["cams"] = False  # test_evaluate.py tests them
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / ".gitignore").write_text("/mlflow.db\n/mlruns/\n/models/checkpoints/\n")
     sh(repo, "git", "init", "-q")
