@@ -10,7 +10,7 @@ from mlflow.exceptions import MlflowException
 
 from tests.conftest import small_config
 from thawline.tracking.provenance import flatten
-from thawline.tracking.store import DEFAULT_URI, is_locked, sqlite_path, tracking_uri, with_retry
+from thawline.tracking.store import DEFAULT_URI, is_transient, sqlite_path, tracking_uri, with_retry
 
 
 def test_uri_comes_from_config_then_environment_then_default(tmp_path, monkeypatch):
@@ -41,7 +41,14 @@ def test_locked_database_is_retried_other_errors_are_not():
         return "done"
 
     assert with_retry(flaky, wait=0.001) == "done" and len(calls) == 3
-    assert is_locked(MlflowException("x")) is False
+    assert is_transient(MlflowException("x")) is False
+    # Two processes setting the same new alias at once: the slower insert loses the race.
+    race = sqlite3.IntegrityError(
+        "UNIQUE constraint failed: registered_model_aliases.workspace, "
+        "registered_model_aliases.name, registered_model_aliases.alias"
+    )
+    assert is_transient(MlflowException(str(race))) is True
+    assert is_transient(sqlite3.IntegrityError("UNIQUE constraint failed: runs.run_uuid")) is False
 
     def broken():
         calls.append(1)

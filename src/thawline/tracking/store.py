@@ -190,21 +190,28 @@ def relocated(client: MlflowClient, uri: str, experiment_id: str) -> str:
 
 
 def with_retry(action: Callable[[], T], attempts: int = 10, wait: float = 0.05) -> T:
-    """Run ``action``, retrying with jittered exponential backoff while SQLite is locked."""
+    """Run ``action``, retrying with jittered exponential backoff while SQLite is locked or
+    another process won an alias insert race (see ``is_transient``)."""
     for attempt in range(attempts):
         try:
             return action()
         except Exception as err:
-            if attempt == attempts - 1 or not is_locked(err):
+            if attempt == attempts - 1 or not is_transient(err):
                 raise
             time.sleep(wait * 2**attempt * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
 
-def is_locked(err: BaseException) -> bool:
-    """Whether an error (or its cause) is SQLite's transient ``database is locked``."""
+# MLflow's SQL store sets an alias by reading it, then inserting it when absent: two processes
+# doing so at once make the slower insert fail on the unique key. A retry finds the row and
+# updates it, which is what the caller asked for.
+TRANSIENT = ("database is locked", "UNIQUE constraint failed: registered_model_aliases")
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether an error (or its cause) is SQLite's ``database is locked`` or a lost alias race."""
     while err is not None:
-        if "database is locked" in str(err):
+        if any(sign in str(err) for sign in TRANSIENT):
             return True
         err = err.__cause__ or err.__context__
     return False
