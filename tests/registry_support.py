@@ -121,13 +121,20 @@ def client(cfg) -> MlflowClient:
 @contextlib.contextmanager
 def model_server(model_uri: str, tracking_uri: str, folder: Path):
     """``mlflow models serve`` on a free loopback port; yields its base URL."""
+    with served_model(model_uri, tracking_uri, folder) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def served_model(model_uri: str, tracking_uri: str, folder: Path):
+    """``mlflow models serve`` on a free loopback port; yields its base URL and its process."""
     port = free_port()
     command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri,
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     env = server_env(MLFLOW_TRACKING_URI=tracking_uri)
-    with background_server(command, f"{base}/ping", folder, env):
-        yield base
+    with background_server(command, f"{base}/ping", folder, env) as process:
+        yield base, process
 
 
 def invoke(base: str, images: list) -> tuple[int, dict]:

@@ -29,17 +29,19 @@ def server_env(**extra: str) -> dict[str, str]:
 @contextlib.contextmanager
 def background_server(
     command: list[str], ping: str, folder: Path, env: dict[str, str], timeout: float = 180
-) -> Iterator[None]:
-    """Run ``command`` in its own process group until ``ping`` answers 200; stop it after."""
+) -> Iterator[subprocess.Popen]:
+    """Run ``command`` in its own process group until ``ping`` answers 200; yield the process;
+    stop it after."""
     log_path = folder / f"{Path(command[0]).name}-{command[1]}.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   cwd=folder, start_new_session=True)  # fmt: skip
         try:
             _wait_for(ping, server, log_path, timeout)
-            yield
+            yield server
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
+                os.killpg(server.pid, signal.SIGTERM)
             try:
                 server.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -6,7 +6,7 @@ thawline stage finetune --nproc 2   # DDP under torchrun, 2 processes on this ma
 thawline config            # print the validated config
 
 Exit codes (thawline.errors): 0 done, 1 a stage failed with its own error, 2 bad input or
-config, 3 a crash (a traceback is printed).
+config, 3 a crash (a traceback is printed), 143/130 stopped by SIGTERM/SIGINT (resumable).
 """
 
 from __future__ import annotations
@@ -25,11 +25,17 @@ from pathlib import Path
 from thawline import __version__
 from thawline.config import ConfigError, dump_config, load_config, record_reads
 from thawline.errors import CRASH, ThawlineError
+from thawline.files import remove_stale_temps
+from thawline.locks import output_lock
 from thawline.stage_status import StageStatus, rank_reports, write_status
 from thawline.stage_table import NAMES, STAGES, StageResult, stage
+from thawline.stopping import graceful_stop
 from thawline.torchrun_env import env_rank, under_torchrun
 
-EPILOG = "exit codes: 0 done, 1 a stage failed, 2 bad input or config, 3 a crash"
+EPILOG = (
+    "exit codes: 0 done, 1 a stage failed, 2 bad input or config, 3 a crash, "
+    "143/130 stopped by SIGTERM/SIGINT (rerun to resume)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = _dispatch(args)
     except ConfigError as err:
-        print(f"thawline: config error: {err}", file=sys.stderr)
+        print(f"thawline: config error: {one_line(err)}", file=sys.stderr)
         status = StageStatus(what, err.exit_code, f"config error: {err}")
     except ThawlineError as err:
         print(f"thawline: {what} failed: {err}", file=sys.stderr)
@@ -145,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stage":
         write_status(status, env_rank() if under_torchrun() else None)
     return status.exit_code
+
+
+def one_line(err: Exception) -> str:
+    """The message on one line: a value a user typed may hold a newline (hypothesis found one)."""
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -206,6 +217,17 @@ def _dispatch(args: argparse.Namespace) -> StageStatus:
 def _stage(cfg, args: argparse.Namespace) -> StageStatus:
     if env_rank() != 0:  # under torchrun rank 0 speaks for all; others warn
         logging.getLogger().setLevel(logging.WARNING)
+    if under_torchrun():  # the launching process holds the output's lock
+        return _stage_locked(cfg, args)
+    output = Path(getattr(cfg.paths, stage(args.name).output))
+    with output_lock(output, cfg.system.lock_wait_s, f"stage {args.name}"):
+        # Crash-only start: what a killed run left (temp files of dead writers) goes first.
+        for folder in (output, output.parent) if output.is_dir() else (output.parent,):
+            remove_stale_temps(folder)
+        return _stage_locked(cfg, args)
+
+
+def _stage_locked(cfg, args: argparse.Namespace) -> StageStatus:
     section = stage(args.name).nproc_section
     nproc = getattr(cfg, section).nproc if section else 1
     if nproc > 1 and not under_torchrun():
@@ -255,7 +277,13 @@ def run_flow(args: argparse.Namespace) -> int:
 
 
 def run_stage(cfg, name: str, progress: bool) -> StageResult:
-    """Run one stage inside its MLflow run; epoch metrics reach MLflow through callbacks."""
+    """Run one stage inside its MLflow run; epoch metrics reach MLflow through callbacks.
+    SIGTERM and SIGINT stop it at a safe point (thawline.stopping)."""
+    with graceful_stop(cfg.system.grace_s):
+        return _run_stage(cfg, name, progress)
+
+
+def _run_stage(cfg, name: str, progress: bool) -> StageResult:
     module = importlib.import_module(stage(name).module)
     if env_rank() != 0:  # under torchrun only rank 0 tracks and reports
         return module.run(cfg, progress=False)

@@ -9,6 +9,7 @@ its ``exit_code``; anything else is a crash. The codes mean one thing each:
       checkpoint that cannot be resumed, a refused registration): rerunning will not help
 2     bad input or config (an unknown key, a missing data folder, a broken image): fix it
 3     a crash: a bug or the environment (a traceback is printed); the flows retry it
+130   stopped by SIGINT (Ctrl-C), 143 by SIGTERM: at a safe point, resumable (``stopping``)
 ====  ======================================================================================
 
 A process killed by a signal exits with its own code (-9, 137...); the flows retry those too.
@@ -87,8 +88,30 @@ class TrackingError(ThawlineError):
     """The MLflow store or registry refused an operation (the message says which)."""
 
 
+class TrackingUnreachable(TrackingError):
+    """The tracking server does not answer: the environment, so the flows retry it (exit 3)."""
+
+    exit_code = CRASH
+
+
 class RegistryError(TrackingError):
     """A registry problem: a dangling alias, a missing model version, a refused registration."""
+
+
+class Interrupted(ThawlineError):
+    """Stopped by SIGTERM or SIGINT at a safe point; exit code 128 + the signal, as a shell's."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class DiskFullError(ThawlineError):
+    """A write failed for lack of space (ENOSPC); the message names the path."""
+
+
+class LockedError(ThawlineError):
+    """Another process holds the lock of the output this stage writes."""
 
 
 class StageError(ThawlineError):

@@ -1,37 +1,91 @@
 """Atomic file writes and content hashes, shared by every stage that writes outputs.
 
 A file appears under its final name only once it is complete (temp file in the same folder, fsync,
-``os.replace``), so a killed run can never leave a truncated file that a later stage trusts.
+``os.replace``), so a killed run can never leave a truncated file that a later stage trusts. A
+temp file's name holds its writer's pid, so a later run removes only those whose writer is gone.
+A write that fails for lack of space raises :class:`DiskFullError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from thawline.errors import DiskFullError, ThawlineError
+
 if TYPE_CHECKING:  # torch costs about a second to import; the config and --help never need it
     import torch
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos": so
+# after any failed write, a filesystem with less than this left counts as full too.
+NEARLY_FULL = 1 << 20
+_TEMP = re.compile(r"\.(\d+)\.[^.]*\.tmp$")  # .<name>.<pid>.<random>.tmp
+
+
+@contextlib.contextmanager
+def disk_full_errors(path: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` for lack of space into a :class:`DiskFullError`."""
+    try:
+        yield
+    except ThawlineError:  # already says what went wrong (a full disk, a signal...)
+        raise
+    except Exception as err:
+        if not out_of_space(err, Path(path).parent):
+            raise
+        free = _free_bytes(Path(path).parent)
+        raise DiskFullError(
+            f"disk full: could not write {path} ({free / 2**20:.1f} MiB left on its filesystem; "
+            f"{type(err).__name__}: {str(err)[:200]}); free some space (or point paths.* at a "
+            "bigger disk) and rerun: complete outputs are kept and reused"
+        ) from err
+
+
+def out_of_space(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (or its cause) says the disk is full, or ``folder``'s filesystem is."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return True
+        if "No space left on device" in str(seen) or "os error 28" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return _free_bytes(folder) < NEARLY_FULL
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return NEARLY_FULL
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with disk_full_errors(path):
+        fd, tmp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"
+        )
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with disk_full_errors(path):
+            yield tmp
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -107,6 +161,24 @@ def sha256_json(data: Any) -> str:
 
 
 def remove_stale_temps(folder: Path) -> None:
-    """Delete temp files that a killed run left behind (they are never read)."""
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """Delete temp files (or folders) that a killed run left behind: never read, and removed only
+    when the process that wrote them is gone (a name without a pid is from an older version)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        found = _TEMP.search(tmp.name)
+        if found and int(found.group(1)) != os.getpid() and owner_alive(int(found.group(1))):
+            continue  # another live process is writing it
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def owner_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

@@ -242,3 +242,58 @@ def test_serve_registers_both_deployments_with_their_schedules(project, tmp_path
             said = (tmp_path / "thawline-flow.log").read_text()
             assert f"thawline: serving thawline-training: cron '{cron}' (" in said, said
             assert "next run 20" in said and "Traceback" not in said, said
+
+
+def started(command: list[str], cwd: Path, env: dict) -> subprocess.Popen:
+    env = env | GIT_ENV | {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.Popen(command, cwd=cwd, env=env, text=True, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def set_param(project: Path, section: str, key: str, value) -> None:
+    params = project / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw[section][key] = value
+    params.write_text(yaml.safe_dump(raw))
+
+
+@pytest.mark.slow
+def test_dvc_repro_and_a_flow_started_together_take_turns_or_fail_clearly(prefect_api, project):
+    """RELIABILITY.md 24: the two writers as real processes, on a change that reruns four
+    stages. One waits (the flow retries a locked repo) or fails saying the repo or the output
+    is locked, and by whom; the pipeline ends consistent and whole."""
+    set_param(project, "head", "epochs", 7)
+    flow = [str(VENV_BIN / "thawline"), "flow", "run", "-p", str(project / "params.yaml")]
+    runs = [started([sys.executable, "-m", "dvc", "repro"], project, os.environ),
+            started(flow, project, prefect_api)]  # fmt: skip
+    said = [run.communicate(timeout=900)[0] for run in runs]
+    codes = [run.returncode for run in runs]
+    assert 0 in codes, said
+    locked = ("Unable to acquire lock", "is busy, it is being blocked by")  # DVC's two locks
+    for code, text in zip(codes, said, strict=True):
+        assert code == 0 or any(sign in text for sign in locked), text[-3000:]
+    assert "Data and pipelines are up to date" in dvc(project, "status")
+    assert "Running stage" not in dvc(project, "repro")  # dvc.lock matches what is on disk
+    registration = json.loads((project / "reports" / "registration.json").read_text())
+    assert registration["version"] >= 1
+
+
+@pytest.mark.slow
+def test_after_a_sigkill_mid_stage_dvc_repro_needs_no_clean_up(project):
+    """RELIABILITY.md 30: ``dvc repro`` and its stage process SIGKILLed while the fine-tune
+    writes checkpoints; the next ``dvc repro`` from a fresh process completes by itself (DVC's
+    lock and thawline's output lock go with their owners, stale temp files are swept)."""
+    set_param(project, "finetune", "base_lr", 0.0005)
+    repro = started([sys.executable, "-m", "dvc", "repro"], project, os.environ)
+    checkpoints = project / "models" / "checkpoints" / "finetune"
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("*/epoch-*")):
+        assert repro.poll() is None and time.monotonic() < deadline, repro.stdout.read()[-3000:]
+        time.sleep(0.05)
+    os.killpg(repro.pid, 9)  # dvc, the stage command and anything it started
+    repro.wait(timeout=30)
+    out = dvc(project, "repro")  # no manual step between the two
+    assert "Running stage 'finetune'" in out, out
+    assert "Data and pipelines are up to date" in dvc(project, "status")
+    leftovers = [p for p in project.rglob("*.tmp") if ".dvc" not in p.parts]
+    assert leftovers == [] and not list(project.rglob(".*.lock"))

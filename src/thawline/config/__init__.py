@@ -36,6 +36,7 @@ from thawline.config.operations import (
     FlowParams,
     RegistryParams,
     RetrainParams,
+    SystemParams,
     TrackingParams,
 )
 from thawline.errors import ConfigError
@@ -45,8 +46,8 @@ __all__ = [
     "BackboneParams", "Config", "ConfigError", "DataParams", "EvaluateParams", "ExtractParams",
     "FinetuneParams", "FlowParams", "HeadParams", "HeadSweepParams", "PathsParams",
     "PhaseParams", "PrepareParams", "RegistryParams", "RetrainParams", "ScratchParams",
-    "TrackingParams", "config_from_dict", "dump_config", "load_config", "record_reads",
-    "write_overrides",
+    "SystemParams", "TrackingParams", "config_from_dict", "dump_config", "load_config",
+    "record_reads", "write_overrides",
 ]  # fmt: skip
 
 
@@ -67,6 +68,7 @@ class Config(Section):
     registry: RegistryParams = RegistryParams()
     flow: FlowParams = FlowParams()
     retrain: RetrainParams = RetrainParams()
+    system: SystemParams = SystemParams()
 
     @model_validator(mode="after")
     def _placed(self) -> Config:
@@ -155,16 +157,24 @@ def write_overrides(path: str | Path, overrides: list[str]) -> Config:
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
+    shown = item if item.isprintable() else repr(item)[1:-1]  # a newline would break the line
     key, sep, value = item.partition("=")
     if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
-        raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. extract.batch_size=32")
+        raise ConfigError(f"override '{shown}': expected KEY=VALUE, e.g. extract.batch_size=32")
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override '{item}': '{part}' is not a section")
-    node[parts[-1]] = override_value(value)
+            raise ConfigError(f"override '{shown}': '{part}' is not a section")
+    try:
+        node[parts[-1]] = override_value(value)
+    except yaml.YAMLError as err:  # found by tests/reliability/test_properties.py ("seed=@")
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(
+            f"override '{shown}': the value is not valid YAML ({problem}); quote it as a string, "
+            f"e.g. {key.strip()}='\"...\"'"
+        ) from None
 
 
 # Hydra's (and so `dvc exp run -S`'s) flow mappings need no space after a key's colon:

@@ -1,5 +1,5 @@
 """The params sections after training: evaluation, tracking, the registry, the Prefect flows and
-the retrain policy."""
+the retrain policy; and how a stage process behaves around others (``system``)."""
 
 from __future__ import annotations
 
@@ -72,3 +72,16 @@ class RetrainParams(Section):
     # head's validation accuracy falls below `escalate_below`.
     finetune: Literal["auto", "always", "never"] = "auto"
     escalate_below: float = Field(default=0.85, ge=0, le=1)
+
+
+class SystemParams(Section):
+    """How a stage process meets signals and other processes; never changes what it computes
+    (no DVC stage lists it)."""
+
+    # After SIGTERM/SIGINT a stage stops at its next safe point (a training step, a feature
+    # shard) and writes what a rerun resumes from; still running after this long, it exits.
+    # Kubernetes sends SIGKILL 30 s after SIGTERM by default.
+    grace_s: float = Field(default=20.0, gt=0, le=3600)
+    # A stage whose output another thawline process is writing waits this long for it (then
+    # fails, naming that process); 0 fails at once.
+    lock_wait_s: float = Field(default=3600.0, ge=0)

@@ -7,6 +7,7 @@ pre-logits plus pooled outputs of hooked layers, concatenated, from one forward 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -120,14 +121,16 @@ def pool(output: torch.Tensor) -> torch.Tensor:
 class PooledFeatures(nn.Module):
     """Returns ``cat([pooled pre-logits, pooled hooked layers...])``.
 
-    The hooks pool inside the forward pass, so TorchScript tracing records them too.
+    The hooks pool inside the forward pass, so TorchScript tracing records them too. What they
+    capture is kept per thread: a served model answers concurrent requests from several threads,
+    and one shared list mixed their layers (a 400, or worse, another request's features).
     """
 
     def __init__(self, backbone: Backbone, layers: list[str]):
         super().__init__()
         self.backbone = backbone
         self.layers = layers
-        self._captured: list[torch.Tensor] = []
+        self._captured: dict[int, list[torch.Tensor]] = {}  # thread id -> pooled layers
         # A text backbone pools its layers itself, over the real tokens only (no hooks).
         self._own_layers = getattr(backbone, "data_config", {}).get("modality") == "text"
         modules = dict(backbone.model.named_modules())
@@ -135,22 +138,26 @@ class PooledFeatures(nn.Module):
             modules[name].register_forward_hook(self._capture)
 
     def _capture(self, _module: nn.Module, _inputs, output) -> None:
-        self._captured.append(pool(output))
+        self._captured.setdefault(threading.get_ident(), []).append(pool(output))
+
+    def _hooked(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The pooled pre-logits and this thread's pooled hooked layers for ``x``."""
+        me = threading.get_ident()
+        self._captured.pop(me, None)
+        try:
+            pooled = pool(self.backbone.forward_features(x))
+            return pooled, self._captured.get(me, [])
+        finally:
+            self._captured.pop(me, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._own_layers:
             return self.backbone.forward_features(x, self.layers)
-        self._captured = []
-        pooled = pool(self.backbone.forward_features(x))
-        out = torch.cat([pooled, *self._captured], dim=1)
-        self._captured = []
-        return out
+        pooled, captured = self._hooked(x)
+        return torch.cat([pooled, *captured], dim=1)
 
     def widths(self, x: torch.Tensor) -> list[int]:
         if self._own_layers:
             return [self.backbone.num_features] * (1 + len(self.layers))
-        self._captured = []
-        widths = [pool(self.backbone.forward_features(x)).shape[1]]
-        widths += [t.shape[1] for t in self._captured]
-        self._captured = []
-        return widths
+        pooled, captured = self._hooked(x)
+        return [t.shape[1] for t in (pooled, *captured)]

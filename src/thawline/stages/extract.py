@@ -35,6 +35,7 @@ from thawline.models.preprocess import item_unit, preprocess_for
 from thawline.progress import progress_bar
 from thawline.run_stats import write_stats
 from thawline.stage_table import StageResult
+from thawline.stopping import deferred, interrupted, requested
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -82,9 +83,10 @@ def _run(cfg: Config, world: World, progress: bool) -> StageResult:
     started = time.perf_counter()
     total = sum(p.stop - p.start for split in plans.values() for p in split)
     unit = item_unit(extractor.preprocess)
-    with progress_bar(total=total, desc="extract", unit=unit, disable=not progress) as bar:
+    bar = progress_bar(total=total, desc="extract", unit=unit, disable=not progress)
+    with bar, deferred():  # SIGTERM/SIGINT: stop after the shard in hand (thawline.stopping)
         written, computed, tokens = {}, 0, 0
-        for plan in mine:
+        for done, plan in enumerate(mine, 1):
             sha256, n = _extract_shard(cfg, plan, data[plan.split], extractor, fingerprint, bank)
             written[plan.filename], computed = sha256, computed + n
             if unit == "doc" and n:  # documents/s alone hides how long they were
@@ -94,6 +96,10 @@ def _run(cfg: Config, world: World, progress: bool) -> StageResult:
                 bar.set_postfix_str(f"{rate:,.0f} tokens/s", refresh=False)
             # Rank 0's bar stands for all: the others keep pace.
             bar.update(min((plan.stop - plan.start) * world.size, bar.total - bar.n))
+            if requested() and done < len(mine):
+                raise interrupted(f"extract: {done} of {len(mine)} shards written to {out}; "
+                                  "rerun (dvc repro, or thawline stage extract) to compute the "
+                                  "rest")  # fmt: skip
     gathered = world.gather((written, computed))
     manifest = None
     if world.main:

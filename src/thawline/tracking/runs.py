@@ -23,6 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
 from thawline.config import Config, dump_config
+from thawline.errors import Interrupted
 from thawline.stage_table import StageResult
 from thawline.tracking.provenance import flatten, pipeline_key, read_params, run_tags
 from thawline.tracking.store import Store, connect, store_lock, with_retry
@@ -158,7 +159,7 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Tracker | NullTracker]:
     """Open the MLflow run of one stage, nested under the pipeline's parent run.
 
     Tags the run with the stage, backbone, git commit and data/feature fingerprints. An
-    exception inside the block marks the run FAILED (KILLED for Ctrl-C) and is re-raised.
+    exception inside the block marks the run FAILED (KILLED for Ctrl-C, SIGTERM) and is re-raised.
     Re-entering for the stage whose run is already active (the CLI wraps a stage that opens its
     own run) yields that run again.
 
@@ -191,7 +192,7 @@ def stage_run(cfg: Config, stage: str) -> Iterator[Tracker | NullTracker]:
             with_retry(lambda: store.client.update_run(parent, status="RUNNING"))
         yield tracker
     except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if isinstance(err, KeyboardInterrupt | Interrupted) else "FAILED"
         try:
             tracker.set_tags({"thawline.error": f"{type(err).__name__}: {err}"[:5000]})
             _finish(tracker, cfg, status, parent if owned else None)

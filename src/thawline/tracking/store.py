@@ -33,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from thawline.config import Config
-from thawline.errors import RegistryError, TrackingError
+from thawline.errors import RegistryError, TrackingError, TrackingUnreachable
 
 _held_locks = threading.local()  # the store locks this thread holds (store_lock is reentrant)
 DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the project root (project_root)
@@ -58,7 +58,31 @@ def mlflow_errors() -> Iterator[None]:
     try:
         yield
     except MlflowException as err:
+        uri = mlflow.get_tracking_uri()
+        if uri.startswith(("http://", "https://")) and unreachable(err):
+            raise TrackingUnreachable(
+                f"tracking server {uri} is unreachable ({_first_reason(err.message)}); start it "
+                "again, or point MLFLOW_TRACKING_URI (or tracking.uri) at one that runs, then "
+                "rerun: this stage's outputs are not used until it succeeds"
+            ) from err
         raise TrackingError(f"MLflow: {err.message}") from err
+
+
+# What MLflow's REST client says once its retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, with
+# backoff: about two minutes by default) found no server.
+UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+               "Connection aborted", "RemoteDisconnected", "Read timed out")  # fmt: skip
+
+
+def unreachable(err: MlflowException) -> bool:
+    return any(sign in str(err.message) for sign in UNREACHABLE)
+
+
+def _first_reason(message: str) -> str:
+    for sign in UNREACHABLE:
+        if sign in message:
+            return sign.lower()
+    return "no answer"
 
 
 def project_root() -> Path:

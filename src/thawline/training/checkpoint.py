@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from thawline.errors import CheckpointError
-from thawline.files import read_json, sha256_file, write_json
+from thawline.files import disk_full_errors, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 MODEL, BEST, STATE, COMPLETE = "model.safetensors", "best.safetensors", "state.pt", "complete.json"
@@ -73,13 +73,18 @@ def save_checkpoint(
     final = folder / f"epoch-{epoch:04d}"
     tmp = folder / f".epoch-{epoch:04d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_cpu(model), str(tmp / MODEL), metadata={"epoch": str(epoch)})
-    if best is not None:
-        save_file(_cpu(best), str(tmp / BEST), metadata={"epoch": str(epoch)})
-    torch.save(state, tmp / STATE)
-    digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    write_json(tmp / COMPLETE, {"epoch": epoch, "sha256": digests})  # last: marks it complete
+    try:  # a full disk leaves the earlier checkpoints as they were, and no half of this one
+        with disk_full_errors(final):
+            tmp.mkdir(parents=True)
+            save_file(_cpu(model), str(tmp / MODEL), metadata={"epoch": str(epoch)})
+            if best is not None:
+                save_file(_cpu(best), str(tmp / BEST), metadata={"epoch": str(epoch)})
+            torch.save(state, tmp / STATE)
+            digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+            write_json(tmp / COMPLETE, {"epoch": epoch, "sha256": digests})  # last: complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in checkpoint_dirs(folder)[:-keep]:

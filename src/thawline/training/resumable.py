@@ -4,7 +4,9 @@ A *plan* is everything that must match for a checkpoint to continue a run exactl
 phases and LRs, steps, seed, world size, data and starting weights, precision, code); its short
 hash names the checkpoint series. :class:`Resumable` is the part of the trainer that writes a
 checkpoint after every epoch and restores one: weights, optimizer, scheduler, scaler, every
-rank's RNG states, the timeline of runs (with its rollbacks) and the history.
+rank's RNG states, the timeline of runs (with its rollbacks) and the history. A run stopped by
+a signal checkpoints mid-epoch under its last complete epoch's name, with the steps done, their
+summed loss and the epoch's augmentation generator, so that epoch continues where it stopped.
 """
 
 from __future__ import annotations
@@ -97,7 +99,10 @@ class Resumable:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][self.world.rank])  # one per rank (the plan fixes the count)
+        rng = state["rng"][self.world.rank]  # one per rank (the plan fixes the count)
+        set_rng_state(rng)
+        self.step, self.partial_loss = state.get("step", 0), state.get("partial_loss", 0.0)
+        self.epoch_generator = rng.get("epoch_generator")
         self.epoch, self.seconds = state["epoch"], state["seconds"]
         self.finished = state["finished"]
         self.history, self.best = state["history"], state["best"]
@@ -105,19 +110,24 @@ class Resumable:
         self.timeline.load_state(state["timeline"])
         self.rollbacks = state["rollbacks"]
         self.best_state = checkpoint.best if checkpoint.best is not None else checkpoint.model
+        if self.step and checkpoint.best is None:  # mid-epoch weights are nobody's best
+            self.best_state = None
 
     def _checkpoint(self, folder: Path, metrics: dict[str, float]) -> None:
         state = self.model.state_dict()
         bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
             self._non_finite(f"weights became non-finite ({bad[:3]}) in epoch {self.epoch}")
-        rng = self.world.gather(rng_state())  # every rank's, for an exact resume
+        mine = rng_state()
+        if self.step:  # mid-epoch: this rank's augmentation draws of the epoch so far
+            mine["epoch_generator"] = self.epoch_generator
+        rng = self.world.gather(mine)  # every rank's, for an exact resume
         if not self.world.main:
             return
+        whole_epoch = self.best_epoch == self.epoch and not self.step
         save_checkpoint(
             folder, self.epoch, state, self._state(rng),
-            best=None if self.best_epoch == self.epoch else self.best_state,
-            keep=self.opts.keep_checkpoints,
+            best=None if whole_epoch else self.best_state, keep=self.opts.keep_checkpoints,
         )  # fmt: skip
 
     def _state(self, rng: list[dict]) -> dict:
@@ -128,6 +138,8 @@ class Resumable:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": rng,
             "epoch": self.epoch,
+            "step": self.step,
+            "partial_loss": self.partial_loss,
             "phase": self.timeline.run_of(self.epoch - 1),
             "unfrozen_groups": unfrozen_groups(self.model),
             "timeline": self.timeline.state(),

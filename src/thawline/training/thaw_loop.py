@@ -8,7 +8,8 @@ DistributedDataParallel and a DistributedSampler deals each epoch's shuffled ord
 ``batch_size`` stays the global batch, so the steps, the schedule and the averaged gradient are
 those of one process. The wrapper is rebuilt per phase (training/replicas.py says why). Only
 rank 0 writes checkpoints and calls ``on_epoch_end``. The run never ends worse than its start
-(training/never_worse.py).
+(training/never_worse.py). Asked to stop (SIGTERM, SIGINT: thawline.stopping), it finishes the
+current step, writes a mid-epoch checkpoint that resumes exactly, and raises ``Interrupted``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from thawline.models.classifier import Classifier
 from thawline.models.lora import merge_lora
 from thawline.models.preprocess import item_unit
 from thawline.progress import progress_bar
+from thawline.stopping import deferred, interrupted, requested
 from thawline.training.batches import deterministic, training_batch
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
 from thawline.training.never_worse import NeverWorse
@@ -153,6 +155,8 @@ class _Trainer(Resumable, NeverWorse):
         self.scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
         self.epoch, self.seconds, self.finished = 0, 0.0, False
+        # Where a stopped epoch resumes: steps done, their summed loss, the augmentation draws.
+        self.step, self.partial_loss, self.epoch_generator = 0, 0.0, None
         self.history: list[dict[str, float]] = []
         self.rollbacks: list[dict] = []
         self.best_epoch, self.best = 0, {}
@@ -170,11 +174,13 @@ class _Trainer(Resumable, NeverWorse):
             self._epoch_zero()
             report(0, _without_epoch(self.history[0]))
         size = self.steps * self._batch()
+        done = self.epoch * size + self.step * self._batch()  # a stopped epoch counts its steps
         bar = progress_bar(
-            total=self.timeline.epochs * size, initial=self.epoch * size, desc=label,
+            total=self.timeline.epochs * size, initial=done, desc=label,
             unit=item_unit(self.model.preprocess), unit_scale=True, disable=not progress,
         )  # fmt: skip
-        with bar:
+        self.folder, self.label = folder, label
+        with bar, deferred():
             while self.epoch < self.timeline.epochs and not self.finished:
                 try:
                     metrics = self._epoch(bar)
@@ -184,6 +190,8 @@ class _Trainer(Resumable, NeverWorse):
                 self._checkpoint(folder, metrics)
                 report(self.epoch, _without_epoch(metrics))
                 bar.total = self.timeline.epochs * size  # a retry adds epochs, a stop drops some
+                if self._stop_agreed():
+                    raise interrupted(self._resume_hint(f"epoch {self.epoch}"))
 
     def _batch(self) -> int:
         """Images per step, over all processes."""
@@ -193,7 +201,7 @@ class _Trainer(Resumable, NeverWorse):
         index = self.timeline.run_of(self.epoch)
         run = self.timeline.runs[index]
         lrs = self.timeline.peak_lrs(self.epoch)
-        started = time.perf_counter()
+        started, resumed_at = time.perf_counter(), self.step
         train_loss = self._train_epoch(run.phase, bar)
         train_seconds = time.perf_counter() - started
         metrics = {
@@ -204,7 +212,7 @@ class _Trainer(Resumable, NeverWorse):
             "lr_head": lrs[-1],  # the run's peak LRs, head and top group
             "lr_top": lrs[-2],
             "lr_scale": run.lr_scale,  # below 1 in a retry after a rollback
-            "images_per_second": self.steps * self._batch() / train_seconds,
+            "images_per_second": (self.steps - resumed_at) * self._batch() / train_seconds,
         }
         if self.val is not None:
             metrics |= self._validate()
@@ -225,9 +233,11 @@ class _Trainer(Resumable, NeverWorse):
         order = torch.tensor(list(self.sampler))
         mixed = np.random.SeedSequence([self.seed, self.epoch, self.world.rank])
         generator = torch.Generator().manual_seed(int(mixed.generate_state(1)[0]))
+        if self.step:  # resuming a stopped epoch: its order is the same, its draws go on
+            generator.set_state(self.epoch_generator)
         images, labels = self.train
-        batch, total = self.rank_batch, 0.0
-        for step in range(self.steps):
+        batch, total, first = self.rank_batch, self.partial_loss, self.step
+        for step in range(first, self.steps):
             idx = order[step * batch : (step + 1) * batch]
             x = training_batch(
                 images[idx].to(self.device), self.model.preprocess, augment=self.opts.augment,
@@ -237,8 +247,29 @@ class _Trainer(Resumable, NeverWorse):
             bar.update(len(idx) * self.world.size)
             mean = total / (step + 1)
             bar.set_postfix(phase=f"{phase + 1}/{len(self.timeline.phases)}", loss=f"{mean:.4f}")
+            if step + 1 < self.steps and self._stop_agreed():
+                self._stop_mid_epoch(step + 1, total, generator)
+        self.step, self.partial_loss = 0, 0.0
         self.world.broadcast_buffers(self.model)  # one set of BatchNorm statistics to validate
         return total / self.steps
+
+    def _stop_agreed(self) -> bool:
+        """Whether a stop was asked for here (or, under torchrun, in any process)."""
+        asked = requested() is not None
+        if self.world.size == 1:
+            return asked
+        return bool(self.world.all_sum(torch.tensor(float(asked), device=self.device)) > 0)
+
+    def _stop_mid_epoch(self, steps: int, total: float, generator: torch.Generator) -> None:
+        """Checkpoint the epoch as it stands (resumable at step ``steps``), then stop."""
+        self.step, self.partial_loss, self.epoch_generator = steps, total, generator.get_state()
+        self._checkpoint(self.folder, {})
+        raise interrupted(self._resume_hint(f"epoch {self.epoch + 1}, step {steps} of "
+                                            f"{self.steps}"))  # fmt: skip
+
+    def _resume_hint(self, where: str) -> str:
+        return (f"{self.label} checkpoint at {where} written to {self.folder}; rerun (dvc "
+                f"repro, or thawline stage {self.label}) to resume from it")  # fmt: skip
 
     def _validate(self) -> dict[str, float]:
         """Validation loss and accuracy; each rank scores every ``world.size``-th image."""
