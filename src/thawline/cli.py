@@ -79,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EPILOG,
         )
     )
+    from thawline.find_lr import add_lr_find_arguments
+
+    add_lr_find_arguments(
+        sub.add_parser(
+            "lr-find", parents=[common],
+            help="fastai's LR range test for the head on the cached features (seconds): the "
+            "suggestions and a plot",
+            description="Train a throw-away head with the LR growing from --start to --end, "
+            "print fastai's valley and steep suggestions and write the curve to "
+            "paths.stats/lr_find_head.png. head.lr: auto does the same inside train_head.",
+            epilog=EPILOG,
+        )
+    )  # fmt: skip
     from thawline.export import add_export_arguments
 
     add_export_arguments(
@@ -201,6 +214,10 @@ def _dispatch(args: argparse.Namespace) -> StageStatus:
     if args.command == "config":
         print(json.dumps(dump_config(cfg), indent=2))
         return StageStatus(what, 0)
+    if args.command == "lr-find":
+        from thawline.find_lr import main_lr_find
+
+        return StageStatus(what, main_lr_find(args, cfg))
     if args.command == "summary":
         from thawline.run_summary import summary_lines
 

@@ -24,7 +24,9 @@ class HeadParams(Section):
     type: Literal["linear", "mlp"] = "linear"
     hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[512], min_length=1)  # mlp only
     dropout: float = Field(default=0.2, ge=0, lt=1)
-    lr: float = Field(default=1e-3, gt=0, le=10)
+    # auto: fastai's LR range test on the cached features (a second or so), its "valley"
+    # suggestion is used and recorded (head.json, MLflow, lr_find.png); `thawline lr-find` shows it.
+    lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = 1e-3
     weight_decay: float = Field(default=1e-4, ge=0)
     epochs: int = Field(default=30, gt=0)
     # auto: about 16 steps an epoch (training rows / 16 as a power of two, 32 to 512); a fixed

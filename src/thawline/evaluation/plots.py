@@ -200,3 +200,24 @@ def plot_strategy_curves(histories: dict[str, list[dict]], path: Path) -> Path:
         if ax.lines:
             ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+def plot_lr_find(
+    lrs: list[float], losses: list[float], marks: dict[str, float], path: Path
+) -> Path:
+    """fastai's ``plot_lr_find``: the smoothed loss against the LR (log scale, without the last
+    five points), and a dot at each suggestion (``marks``: name -> LR)."""
+    fig = _figure(6, 4)
+    ax = fig.add_subplot()
+    shown_lrs, shown = (lrs[:-5], losses[:-5]) if len(lrs) > 10 else (lrs, losses)
+    ax.plot(shown_lrs, shown)
+    for name, lr in marks.items():
+        at = float(np.interp(np.log10(lr), np.log10(lrs), losses)) if lrs else 0.0
+        ax.plot([lr], [at], "o", label=f"{name} {lr:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.set_title("LR range test")
+    if marks:
+        ax.legend(loc="best")
+    return _save(fig, path)

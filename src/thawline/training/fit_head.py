@@ -115,7 +115,7 @@ class _HeadRun:
         self.head.set_standardisation(x)
         # Standardise once, not every step; the head keeps the statistics for inference.
         self.x = (x - self.head.mean) / self.head.std
-        weights = _class_weights(self.y, num_classes) if opts.class_weights == "balanced" else None
+        weights = class_weights(self.y, num_classes) if opts.class_weights == "balanced" else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=opts.label_smoothing)
         net = self.head.net
         self.optimizer = torch.optim.AdamW(
@@ -194,7 +194,7 @@ def evaluate_head(
     }
 
 
-def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights (sklearn's 'balanced'), so rare classes count as much."""
     counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1)
     return len(labels) / (num_classes * counts)
