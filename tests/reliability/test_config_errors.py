@@ -43,8 +43,18 @@ from thawline.config import ConfigError, config_from_dict
             {"data": {"source": "csv"}},
             "data.root: '/usr/share/datasets/fashion-mnist' is not a file",
         ),
-        ({"head": {"lr": 0}}, "head.lr: Input should be greater than 0 (got 0)"),
-        ({"head": {"lr": -0.1}}, "head.lr: Input should be greater than 0 (got -0.1)"),
+        (
+            {"head": {"lr": 0}},
+            "head.lr: Input should be greater than 0, or input should be 'auto' (got 0)",
+        ),
+        (
+            {"head": {"lr": -0.1}},
+            "head.lr: Input should be greater than 0, or input should be 'auto' (got -0.1)",
+        ),
+        (
+            {"head": {"batch_size": 0}},
+            "head.batch_size: Input should be greater than 0, or input should be 'auto' (got 0)",
+        ),
         (
             {"finetune": {"base_lr": 1e6}},
             "finetune.base_lr: Input should be less than or equal to 10",

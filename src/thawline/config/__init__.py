@@ -193,8 +193,10 @@ def override_value(value: str) -> Any:
 
 
 def _one_line(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    errors = err.errors()
+    first = errors[0]
+    where = _key_path(first["loc"])
+    key = ".".join(str(p) for p in where)
     if first["type"] == "extra_forbidden":
         section = _section_model(first["loc"][:-1])
         allowed = ", ".join(section.model_fields) if section else "?"
@@ -202,9 +204,20 @@ def _one_line(err: ValidationError) -> str:
     msg = first["msg"].removeprefix("Value error, ")
     if "." in msg.split(":", 1)[0]:  # our validators already start with the key they check
         return msg
+    # A number-or-"auto" key fails both branches of its union: say both.
+    word = [e["msg"] for e in errors[1:] if e["type"] == "literal_error"
+            and _key_path(e["loc"]) == where]  # fmt: skip
+    if word:
+        msg += f", or {word[0][0].lower()}{word[0][1:]}"
     got = first.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{key}: {msg}{shown}"
+
+
+def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``loc`` without pydantic's union branch tags (``constrained-int``, ``literal['auto']``)."""
+    return tuple(p for p in loc if isinstance(p, int) or (re.fullmatch(r"[A-Za-z_]\w*", p)
+                 and p not in ("int", "float", "str", "bool")))  # fmt: skip
 
 
 def _section_model(loc: tuple[Any, ...]) -> type[BaseModel] | None:
