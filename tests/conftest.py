@@ -7,8 +7,10 @@ libraries; nothing under test is mocked.
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
-from thawline.config import Config, config_from_dict
+from thawline.config import Config, config_from_dict, dump_config
 from thawline.data.image_sources import DEBIAN_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +79,13 @@ def small_config(tmp: Path, **sections) -> Config:
         else:
             raw[name] = values
     return config_from_dict(raw)
+
+
+def stage_command(cfg: Config, base: Path, name: str) -> list[str]:
+    """``thawline stage <name>`` as a process of its own, on ``cfg`` written to ``base``."""
+    params = base / f"params-{name}.yaml"
+    params.write_text(json.dumps(dump_config(cfg)))  # JSON is YAML
+    return [sys.executable, "-m", "thawline", "stage", name, "-q", "-p", str(params)]
 
 
 @pytest.fixture

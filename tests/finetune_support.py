@@ -70,3 +70,8 @@ def series(folder: Path) -> Path:
 
 def comparable(history):
     return [{k: v for k, v in h.items() if k != "images_per_second"} for h in history]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key

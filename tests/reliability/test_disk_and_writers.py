@@ -18,8 +18,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.conftest import REPO, small_config
-from thawline.config import dump_config
+from tests.conftest import REPO, small_config, stage_command
 from thawline.errors import DiskFullError, LockedError
 from thawline.features.cache import load_features
 from thawline.files import remove_stale_temps
@@ -65,12 +64,6 @@ def extract_config(prepared_small, base: Path, features: Path, **extract_changes
         | extract_changes,
         tracking={"enabled": False},
     )
-
-
-def stage_command(cfg, base: Path, name: str) -> list[str]:
-    params = base / f"params-{name}.yaml"
-    params.write_text(json.dumps(dump_config(cfg)))  # JSON is YAML
-    return [sys.executable, "-m", "thawline", "stage", name, "-q", "-p", str(params)]
 
 
 def whole_shards(features: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, small_config
-from tests.finetune_support import Stop, comparable, run, series
+from tests.finetune_support import Stop, comparable, run, same_weights, series
 from thawline.features.cache import CacheError, load_features
 from thawline.stages import extract, train_head
 from thawline.training.checkpoint import (
@@ -104,11 +104,6 @@ def straight(finetune_data, tmp_path_factory):
     result = run(finetune_data, folder)
     assert result.checkpoints == series(folder)
     return result, folder
-
-
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    for key, value in a.state_dict().items():
-        assert torch.equal(value, b.state_dict()[key]), key
 
 
 def test_resume_after_interruption_equals_straight_run(finetune_data, straight, tmp_path):

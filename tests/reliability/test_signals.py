@@ -12,10 +12,8 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, small_config
-from tests.finetune_support import comparable, run, series
-from tests.reliability.test_disk_and_writers import stage_command
-from tests.reliability.test_interrupted import same_weights
+from tests.conftest import REPO, small_config, stage_command
+from tests.finetune_support import comparable, run, same_weights, series
 from thawline.files import read_json
 from thawline.stages import extract, train_head
 from thawline.training.checkpoint import checkpoint_dirs, load_checkpoint

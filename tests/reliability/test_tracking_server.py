@@ -13,8 +13,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO, small_config
-from tests.reliability.test_disk_and_writers import stage_command
+from tests.conftest import REPO, small_config, stage_command
 from tests.servers import VENV_BIN, background_server, free_port, server_env
 from thawline.errors import CRASH
 from thawline.stages import extract
