@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from thawline.config import TTA_CHOICES
 from thawline.errors import BAD_INPUT, BadImageError
 from thawline.files import atomic_path
 
@@ -48,6 +49,7 @@ def predict_paths(
     top_k: int = 3,
     tracking_uri: str | None = None,
     texts: list[str] | None = None,
+    tta: str = "none",
 ) -> list[dict[str, Any]]:
     """Classify image files (folders expand to their images).
 
@@ -58,6 +60,9 @@ def predict_paths(
         top_k: How many labels to return per image.
         tracking_uri: The MLflow store for ``models:/`` URIs (default: ``$MLFLOW_TRACKING_URI``,
             else ``sqlite:///mlflow.db``).
+        texts: Documents to classify with a text model.
+        tta: ``none``, ``flip`` or ``flip_shift``: average the softmax over the image and its
+            mirror (and shifts), as ``evaluate.tta`` does; image models only.
 
     Returns:
         One dict per image: ``path``, ``label``, ``probability`` and ``top`` (``top_k`` pairs
@@ -68,17 +73,20 @@ def predict_paths(
         MlflowException: An image that cannot be decoded (the message names the file); the
             CLI reports it as a TrackingError.
         RegistryError: An alias that does not exist; never falls back to another version.
+        TTAError: ``tta`` for a text model, or an unknown ``tta``.
     """
-    from thawline.tracking import load_model  # mlflow loads only when predicting
+    from thawline.models.tta import check_tta  # torch, like mlflow, loads only when predicting
+    from thawline.tracking import load_model
 
     model = load_model(model_uri, tracking_uri)
+    check_tta(tta, model.modality)
     if model.modality == "text" or texts:
         return _predict_documents(model, paths, texts or [], top_k)
     files = image_files(paths)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
-        table = model.predict([str(f) for f in chunk])
+        table = model.predict([str(f) for f in chunk], tta)
         for file, probs in zip(chunk, table["probabilities"], strict=True):
             rows.append(_row(file, np.asarray(probs, dtype=float), model.classes, top_k))
     return rows
@@ -143,6 +151,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="a document to classify with a text model (repeatable)",
     )  # fmt: skip
     parser.add_argument(
+        "--tta", default="none", choices=TTA_CHOICES, metavar="VIEWS",
+        help="test-time augmentation (image models): flip averages the softmax over each image "
+        "and its mirror, flip_shift also over four shifts of 1/32 of the size (default: none)",
+    )  # fmt: skip
+    parser.add_argument(
         "paths", nargs="*", type=Path, metavar="PATH",
         help="images or folders; for a text model: text files, folders of .txt files, or CSV "
         "files with a 'text' column",
@@ -159,9 +172,9 @@ def main_predict(args: argparse.Namespace) -> int:
         if not args.paths and not texts:
             print("thawline predict: give image or text paths, or --text", file=sys.stderr)
             return BAD_INPUT
-        rows = predict_paths(
-            args.model, args.paths, args.top_k, getattr(args, "tracking_uri", None), texts
-        )
+        rows = predict_paths(args.model, args.paths, args.top_k,
+                             getattr(args, "tracking_uri", None), texts,
+                             getattr(args, "tta", "none"))  # fmt: skip
     if not rows:
         print(f"thawline: nothing to classify in {[str(p) for p in args.paths]}", file=sys.stderr)
         return BAD_INPUT

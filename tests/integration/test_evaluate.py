@@ -235,7 +235,10 @@ def test_two_classes_get_roc_auc_sensitivity_specificity(two_classes, tmp_path):
     positives = saved.labels == 1
     assert metrics["sensitivity"] == pytest.approx(np.mean(saved.pred[positives] == 1))
     assert metrics["specificity"] == pytest.approx(np.mean(saved.pred[~positives] == 0))
-    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(saved.labels, saved.probs[:, 1]))
+    # The file's probabilities are float32: a confident head's round to ties near 0 and 1 (10
+    # distinct values of 40 here), which the float64 metric still tells apart.
+    from_file = roc_auc_score(saved.labels, saved.probs[:, 1])
+    assert metrics["roc_auc"] == pytest.approx(from_file, abs=0.01)
     assert metrics["roc_auc"] > 0.5
     assert set(json.loads((cfg.paths.evaluation / "metrics.json").read_text())) == {
         "accuracy", "macro_f1", "ece", "loss", "brier", "roc_auc", "sensitivity", "specificity",

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tests.registry_support import NAME, pipeline_config
+from thawline.cli import main as cli_main
 from thawline.data.images import BadImageError
 from thawline.data.store import load_split, read_manifest
 from thawline.evaluation.temperature import scale
@@ -78,6 +79,40 @@ def test_predict_paths_reads_files_and_folders(pipeline, scenario, tmp_path, cap
     assert "000.png" in capsys.readouterr().out
     lines = (tmp_path / "out.csv").read_text().splitlines()
     assert lines[0] == "path,rank,label,probability" and len(lines) == 1 + 20 * 2
+
+
+def test_predict_with_tta_averages_each_image_and_its_mirror(pipeline, scenario, tmp_path, capsys):
+    cfg, uri = pipeline.cfg, f"models:/{NAME}@champion"
+    pipeline.use("good")
+    register.run(cfg, progress=False)
+    images = load_split(cfg.paths.prepared, "test").images[:8]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        (folder / f"{i}.png").write_bytes(png_bytes(image))
+
+    def probs(model: str, tta: str = "none") -> np.ndarray:
+        rows = predict_paths(model, [folder], top_k=10, tracking_uri=cfg.tracking.uri, tta=tta)
+        return np.array([[p for _, p in sorted(row["top"])] for row in rows])
+
+    # By hand: the model's input and its mirror (after resize and centre crop, as training
+    # flips), softmax of each, averaged; classes in sorted order, as probs() lists them.
+    model = load_classifier(cfg.paths.model)
+    order = np.argsort(model.classes)
+    with torch.inference_mode():
+        x = model.preprocess(images)
+        by_hand = sum(torch.softmax(model(v), dim=1) for v in (x, x.flip(-1))).numpy() / 2
+    registered = probs(uri, "flip")  # the pyfunc's tta param
+    assert np.allclose(registered, by_hand[:, order], atol=1e-6)
+    assert np.allclose(probs(str(cfg.paths.model), "flip"), registered, atol=1e-6)
+    assert not np.allclose(registered, probs(uri), atol=1e-3)
+    assert probs(uri, "flip_shift").shape == registered.shape
+    assert cli_main(["predict", "--model", uri, "--tracking-uri", cfg.tracking.uri,
+                     "--tta", "flip_shift", str(folder)]) == 0  # fmt: skip
+    assert "0.png" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse: "invalid choice: 'flop' (choose from ...)"
+        cli_main(["predict", "--tta", "flop", str(folder)])
+    assert "choose from" in capsys.readouterr().err
 
 
 def test_predict_errors_name_the_problem(pipeline, scenario, tmp_path):

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.registry_support import NAME, invoke, served_model
+from tests.registry_support import NAME, invoke, post, served_model
 from thawline.data.store import load_split
 from thawline.stages.register import png_bytes
 
@@ -179,6 +179,18 @@ def test_after_fuzzing_a_normal_request_still_answers_correctly(server):
     base, _, images, labels = server
     status, body = invoke(base, images)
     assert status == 200 and [row["label"] for row in body["predictions"]] == labels
+
+
+def test_the_served_model_takes_a_tta_param_and_refuses_a_bad_one(server):
+    base, _, images, labels = server
+    table = {"columns": ["image"], "data": [[i] for i in images]}
+    status, body = post(base, {"dataframe_split": table, "params": {"tta": "flip"}})
+    assert status == 200 and len(body["predictions"]) == len(images)
+    answers = [row["label"] for row in body["predictions"]]
+    agree = sum(a == b for a, b in zip(answers, labels, strict=True))
+    assert agree >= 0.8 * len(images)  # the mirror is a second opinion, not another model
+    status, body = post(base, {"dataframe_split": table, "params": {"tta": "flop"}})
+    assert status == 400 and "'flop'" in body["message"] and "flip_shift" in body["message"]
 
 
 @pytest.mark.slow

@@ -140,6 +140,7 @@ def test_finetune_evaluate_register_serve_and_predict(text_pipeline, tmp_path):
     result = evaluate.run(cfg, progress=False)
     metrics = json.loads((cfg.paths.evaluation / "metrics.json").read_text())
     assert {"head_only_accuracy", "finetuned_accuracy", "tfidf_svm_accuracy"} <= set(metrics)
+    assert not any("tta" in key for key in metrics)  # evaluate.tta: flip, but documents have none
     assert result.info["model"] in ("head_only", "finetuned")  # the baseline is never chosen
     gallery = json.loads((cfg.paths.evaluation / "gallery.json").read_text())
     assert gallery and {"true", "pred", "p", "text"} <= set(gallery[0])
@@ -183,6 +184,12 @@ def test_finetune_evaluate_register_serve_and_predict(text_pipeline, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("text 1 ") and lines[1].startswith(str(tmp_path / "note.txt"))
+    proc = subprocess.run(
+        [str(VENV_BIN / "thawline"), "predict", "--model", uri, "--tracking-uri",
+         cfg.tracking.uri, "--tta", "flip", "--text", documents[0]],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "image models only; this is a text model" in proc.stderr
 
 
 def test_text_finetune_under_torchrun_with_lora(text_pipeline, tmp_path):

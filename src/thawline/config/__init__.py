@@ -32,6 +32,7 @@ from thawline.config.learning import (
     ScratchParams,
 )
 from thawline.config.operations import (
+    TTA_CHOICES,
     EvaluateParams,
     FlowParams,
     RegistryParams,
@@ -43,8 +44,8 @@ from thawline.errors import ConfigError
 from thawline.files import atomic_path
 
 __all__ = [
-    "BackboneParams", "Config", "ConfigError", "DataParams", "EvaluateParams", "ExtractParams",
-    "FinetuneParams", "FlowParams", "HeadParams", "HeadSweepParams", "PathsParams",
+    "TTA_CHOICES", "BackboneParams", "Config", "ConfigError", "DataParams", "EvaluateParams",
+    "ExtractParams", "FinetuneParams", "FlowParams", "HeadParams", "HeadSweepParams", "PathsParams",
     "PhaseParams", "PrepareParams", "RegistryParams", "RetrainParams", "ScratchParams",
     "SystemParams", "TrackingParams", "config_from_dict", "dump_config", "load_config",
     "record_reads", "write_overrides",

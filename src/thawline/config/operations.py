@@ -4,11 +4,15 @@ the retrain policy; and how a stage process behaves around others (``system``)."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
 from thawline.config.base import Section
+
+# Test-time augmentation's settings (models/tta.py makes the views); torch-free for --help.
+TTAViews = Literal["none", "flip", "flip_shift"]
+TTA_CHOICES: tuple[str, ...] = get_args(TTAViews)
 
 
 class EvaluateParams(Section):
@@ -23,6 +27,10 @@ class EvaluateParams(Section):
     confused_top: int = Field(default=10, ge=1)  # rows in the "most confused" table
     temperature: bool = True  # fit one temperature on val, kept only if it lowers the val NLL
     cams: bool = True  # class-activation maps (image models): top losses, one right per class
+    # Test-time augmentation of image models trained on images (finetuned, scratch), reported
+    # beside the plain score (tta_accuracy): softmax averaged over the image and its mirror
+    # (flip), and shifts too (flip_shift: 6 views); none: off. Text models have no views.
+    tta: TTAViews = "flip"
 
 
 class TrackingParams(Section):

@@ -22,10 +22,11 @@ from thawline.files import atomic_path
 from thawline.reporting.markup import e, facts, figure, link, num, section, table
 from thawline.reporting.results import Strategy, read_results, same_split, strategy_folders
 
-HEADLINE = ("accuracy", "macro_f1", "ece", "loss", "brier", "temperature", "roc_auc",
-            "sensitivity", "specificity")  # fmt: skip
+HEADLINE = ("accuracy", "tta_accuracy", "macro_f1", "ece", "loss", "brier", "temperature",
+            "roc_auc", "sensitivity", "specificity")  # fmt: skip
 LABELS = {
     "accuracy": "accuracy",
+    "tta_accuracy": "accuracy with TTA",
     "macro_f1": "macro F1",
     "ece": "calibration error (ECE)",
     "loss": "log-loss",

@@ -17,8 +17,8 @@ from thawline.models.storage import head_files, read_head_meta
 from thawline.run_stats import read_stats
 from thawline.stage_table import MODELS, trained_by
 
-COLUMNS = ("accuracy", "macro_f1", "ece", "loss", "brier", "temperature", "uncalibrated_ece",
-           "roc_auc", "sensitivity", "specificity")  # fmt: skip
+COLUMNS = ("accuracy", "tta_accuracy", "macro_f1", "ece", "loss", "brier", "temperature",
+           "uncalibrated_ece", "roc_auc", "sensitivity", "specificity")  # fmt: skip
 # (model, scored folder) or (model, scored folder, wall times): a caller comparing folders of
 # its own may have no times to give.
 Strategy = tuple[str, Path] | tuple[str, Path, dict[str, float | None]]

@@ -21,6 +21,7 @@ from thawline.models.classifier import Classifier
 from thawline.models.storage import MODEL_SPEC as SPEC
 from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.models.storage import load_classifier
+from thawline.models.tta import check_tta
 from thawline.tracking.pyfunc import classify
 from thawline.tracking.registry import (
     CHAMPION,
@@ -39,12 +40,18 @@ class Predictor:
 
     classes: list[str]
     source: str
-    predict_fn: Callable[[list[Any]], pd.DataFrame]
+    predict_fn: Callable[[list[Any], str], pd.DataFrame]
     modality: str = "image"
 
-    def predict(self, values: list[Any]) -> pd.DataFrame:
-        """``label``, ``probability`` and ``probabilities`` (class order) per image."""
-        return self.predict_fn(values)
+    def predict(self, values: list[Any], tta: str = "none") -> pd.DataFrame:
+        """``label``, ``probability`` and ``probabilities`` (class order) per image, averaged
+        over the views of ``tta`` (models/tta.py; image models only).
+
+        Raises:
+            TTAError: An unknown ``tta``, or TTA asked of a text model.
+        """
+        check_tta(tta, self.modality)
+        return self.predict_fn(values, tta)
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
@@ -67,8 +74,10 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
             from thawline.tracking.text_pyfunc import classify_texts
 
             return Predictor(model.classes, str(folder),
-                             lambda values: classify_texts(model, values), "text")  # fmt: skip
-        return Predictor(model.classes, str(folder), lambda values: classify(model, values))
+                             lambda values, _: classify_texts(model, values), "text")  # fmt: skip
+        return Predictor(
+            model.classes, str(folder), lambda values, tta: classify(model, values, tta)
+        )
     resolved, location = _locate(uri, tracking_uri)
     pyfunc = mlflow.pyfunc.load_model(location)
     meta = (pyfunc.metadata.metadata or {}).get("thawline", {})
@@ -76,9 +85,22 @@ def load_model(uri: str, tracking_uri: str | None = None) -> Predictor:
         raise RegistryError(f"{uri}: not a thawline model (its MLmodel has no class list)")
     modality = "text" if meta.get("preprocess", {}).get("kind") == "text" else "image"
     column = "text" if modality == "text" else "image"
+    signature = pyfunc.metadata.signature
+    takes_tta = (
+        signature is not None
+        and signature.params is not None
+        and any(spec.name == "tta" for spec in signature.params.params)
+    )
 
-    def predict(values: list[Any]) -> pd.DataFrame:
-        return pyfunc.predict(pd.DataFrame({column: values}))
+    def predict(values: list[Any], tta: str) -> pd.DataFrame:
+        if tta == "none":
+            return pyfunc.predict(pd.DataFrame({column: values}))
+        if not takes_tta:  # MLflow would drop the param with a warning: say so instead
+            raise RegistryError(
+                f"{resolved}: registered before thawline models took a 'tta' param; register "
+                "the model again (thawline stage register) or predict without --tta"
+            )
+        return pyfunc.predict(pd.DataFrame({column: values}), params={"tta": tta})
 
     return Predictor(list(meta["classes"]), resolved, predict, modality)
 

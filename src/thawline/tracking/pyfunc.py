@@ -21,11 +21,12 @@ from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import AnyType, Array, ColSpec, Schema
+from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from thawline.data.images import BadImageError, decode_image, square_uint8
 from thawline.models.classifier import Classifier
 from thawline.models.storage import load_classifier
+from thawline.models.tta import TTAError, check_tta, tta_softmax
 
 MAX_PIXELS = 50_000_000  # as prepare.max_pixels: larger inputs are refused before decoding
 PIXEL_LIMIT = "the model's pixel limit"  # what a size error names (no params.yaml when served)
@@ -62,7 +63,8 @@ class ThawlineModel(mlflow.pyfunc.PythonModel):
             context: MLflow's context (unused after ``load_context``).
             model_input: A DataFrame with an ``image`` column (see ``INPUT_FORMATS``), or a
                 list of such values.
-            params: Unused.
+            params: ``tta``: ``none`` (the default), ``flip`` or ``flip_shift``, softmax averaged
+                over the image and its mirror (and shifts); image models only (models/tta.py).
 
         Returns:
             A DataFrame with ``label``, ``probability``, ``top_labels`` and
@@ -72,25 +74,34 @@ class ThawlineModel(mlflow.pyfunc.PythonModel):
         Raises:
             MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400 when served) naming the row.
         """
+        tta = str((params or {}).get("tta") or "none")
+        try:
+            check_tta(tta, self._model.modality)
+        except TTAError as error:
+            raise invalid(str(error)) from None
         if self._model.modality == "text":
             from thawline.tracking.text_pyfunc import classify_texts, text_column
 
             return classify_texts(self._model, text_column(model_input))
-        return classify(self._model, image_column(model_input))
+        return classify(self._model, image_column(model_input), tta)
 
 
-def classify(model: Classifier, values: list[Any]) -> pd.DataFrame:
-    """Decode every value, then run the classifier in batches."""
+def classify(model: Classifier, values: list[Any], tta: str = "none") -> pd.DataFrame:
+    """Decode every value, then run the classifier in batches (averaged over ``tta``'s views).
+
+    Raises:
+        TTAError: An unknown ``tta``, or TTA asked of a text model.
+    """
+    check_tta(tta, model.modality)
     allow_paths = not _MLFLOW_IS_IN_SERVING_ENVIRONMENT.get()
     images = [to_image_tensor(v, model.image_size, i, allow_paths) for i, v in enumerate(values)]
     probs = []
     with torch.inference_mode():
         for start in range(0, len(images), BATCH):
             batch = torch.stack(images[start : start + BATCH])
-            # Resize, crop and normalise exactly once, as extraction did; given a float batch,
-            # the classifier runs only the network.
-            logits = model(model.preprocess(batch))
-            probs.append(torch.softmax(logits.float(), dim=1))
+            # Resize, crop and normalise exactly once, as extraction did; the views and the
+            # network take it from there.
+            probs.append(tta_softmax(model.network, model.preprocess(batch), tta))
     table = torch.cat(probs).numpy() if probs else np.zeros((0, len(model.classes)), np.float32)
     return prediction_table(model.classes, table)
 
@@ -228,7 +239,8 @@ def invalid(message: str) -> MlflowException:
 
 def model_signature(column: str = "image") -> ModelSignature:
     """Input: one ``image`` column of any of the accepted forms (or ``text``, strings); output:
-    label + probabilities."""
+    label + probabilities; params: ``tta`` (image models)."""
+    params = ParamSchema([ParamSpec("tta", "string", "none")]) if column == "image" else None
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType(), column)]),
         outputs=Schema(
@@ -240,6 +252,7 @@ def model_signature(column: str = "image") -> ModelSignature:
                 ColSpec(Array("double"), "probabilities"),
             ]
         ),
+        params=params,
     )
 
 

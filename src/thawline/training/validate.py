@@ -8,6 +8,7 @@ from torch import nn
 from thawline.devices import Precision, autocast
 from thawline.models.classifier import Classifier
 from thawline.models.preprocess import channels_last, item_unit
+from thawline.models.tta import tta_softmax
 from thawline.progress import progress_bar
 
 FP32 = Precision(None)
@@ -24,6 +25,27 @@ def predict_logits(
     for chunk in images.split(batch_size):
         with autocast(device, precision):
             outputs.append(model(chunk.to(device)).float().cpu())
+    return torch.cat(outputs)
+
+
+@torch.inference_mode()
+def tta_probabilities(
+    model: Classifier,
+    images: torch.Tensor,
+    kind: str,
+    *,
+    batch_size: int = 256,
+    precision: Precision = FP32,
+) -> torch.Tensor:
+    """float32 ``[N, C]``: softmax averaged over the TTA views of ``kind`` (models/tta.py), on
+    the CPU; each view is preprocessed once, as :func:`predict_logits` preprocesses."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for chunk in images.split(batch_size):
+        x = model.preprocess(chunk.to(device))
+        with autocast(device, precision):
+            outputs.append(tta_softmax(model.network, x, kind).cpu())
     return torch.cat(outputs)
 
 

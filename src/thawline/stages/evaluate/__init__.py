@@ -20,7 +20,12 @@ from thawline.config import Config
 from thawline.data.store import PreparedStore
 from thawline.errors import EvaluationError, StoreError
 from thawline.evaluation import artifacts
-from thawline.evaluation.metrics import Evaluation, evaluate_predictions, wilson_interval
+from thawline.evaluation.metrics import (
+    Evaluation,
+    accuracy,
+    evaluate_predictions,
+    wilson_interval,
+)
 from thawline.evaluation.temperature import scale
 from thawline.models.storage import read_head_meta
 from thawline.run_stats import read_stats
@@ -91,6 +96,8 @@ def headline(scored: dict[str, Evaluation], chosen: str, split: str) -> dict[str
     ``dvc metrics diff`` compares strategies), the split's size and a Wilson 95% interval of
     the chosen model's accuracy."""
     figures = {f"{name}_accuracy": ev.scalars["accuracy"] for name, ev in scored.items()}
+    figures |= {f"{name}_tta_accuracy": ev.scalars["tta_accuracy"]
+                for name, ev in scored.items() if "tta_accuracy" in ev.scalars}  # fmt: skip
     examples = len(scored[chosen].pred)
     low, high = wilson_interval(int(np.trace(scored[chosen].confusion)), examples)
     if high - low > 0.1:
@@ -128,10 +135,14 @@ def choose_model(wanted: str, outputs: dict[str, ModelOutput]) -> tuple[str, str
 
 
 def _score(cfg: Config, output: ModelOutput, classes: list[str]) -> Evaluation:
-    return evaluate_predictions(
+    evaluation = evaluate_predictions(
         output.probs, output.labels, classes, bins=cfg.evaluate.calibration_bins,
         confused_top=cfg.evaluate.confused_top, gallery_size=cfg.evaluate.gallery_size,
     )  # fmt: skip
+    if output.tta_probs is not None:  # beside the plain score, never instead of it
+        pred = output.tta_probs.argmax(axis=1)
+        evaluation.scalars["tta_accuracy"] = accuracy(output.labels, pred)
+    return evaluation
 
 
 def _train_seconds(cfg: Config, outputs: dict[str, ModelOutput]) -> dict[str, float]:

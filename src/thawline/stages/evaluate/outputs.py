@@ -25,7 +25,7 @@ from thawline.stage_table import MODELS, trained_by
 from thawline.training.records import read_record
 from thawline.training.strategy import probe_accuracy
 from thawline.training.trained_model import load_trained
-from thawline.training.validate import predict_logits
+from thawline.training.validate import predict_logits, tta_probabilities
 
 log = logging.getLogger(__name__)
 HEAD_ONLY = MODELS[0]  # the probe: the head on cached features
@@ -41,6 +41,7 @@ class ModelOutput:
     history: list[dict] = field(default_factory=list)  # per-epoch training metrics
     val_accuracy: float | None = None  # best validation accuracy in training: what chooses
     details: dict[str, str] = field(default_factory=dict)  # provenance, kept in summary.json
+    tta_probs: np.ndarray | None = None  # [N, C] averaged over evaluate.tta's views, if any
 
 
 def model_outputs(
@@ -129,6 +130,9 @@ def trained_on_images(
     precision = resolve_precision("auto", device, model.preprocess.size)
     data = store.load(split or cfg.evaluate.split)
     logits = predict_logits(model.to(device), data.inputs, precision=precision)
+    tta = None
+    if split is None and cfg.evaluate.tta != "none" and model.modality == "image":
+        tta = tta_probabilities(model, data.inputs, cfg.evaluate.tta, precision=precision)
     return ModelOutput(
         probs=torch.softmax(logits.double(), dim=1).numpy(),  # float64: see head_on_cached...
         labels=data.labels.numpy().astype(np.int64),
@@ -142,6 +146,7 @@ def trained_on_images(
             "image_size": str(model.preprocess.size),
             "weights_sha256": record["model_sha256"],
         },
+        tta_probs=None if tta is None else tta.double().numpy(),
     )
 
 
