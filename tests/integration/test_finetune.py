@@ -136,3 +136,23 @@ def test_a_phase_that_ends_worse_is_rolled_back_once_then_the_thaw_stops(probe, 
     record = read_json(cfg.paths.finetune / "record.json")
     assert [r["action"] for r in record["rollbacks"]] == ["stop"] and record["epochs"] == 2
     assert record["best_epoch"] == 0 and record["best"] == record["history"][0]
+
+
+def test_lr_auto_finds_each_phases_lr_when_it_starts_and_records_it(probe, tmp_path):
+    cfg = with_probe(probe, tmp_path, strategy="gradual", gradual_steps=1, image_size=32,
+                     base_lr="auto")  # fmt: skip
+    result = finetune.run(cfg, progress=False)
+    record = read_json(cfg.paths.finetune / "record.json")
+    finds = record["lr_finds"]
+    thawed = record["history"][2]["unfrozen_groups"]
+    assert [(f["phase"], f["groups"]) for f in finds] == [(1, 0), (2, thawed)]
+    for found, row in zip(finds, record["history"][1:], strict=True):
+        assert 1e-7 < found["lr"] < 10 and "lrs" not in found  # the curve is a plot, not JSON
+        assert row["lr_head"] == pytest.approx(found["lr"])  # the phase ran at what was found
+        assert result.metrics[f"lr_found_phase{found['phase']}"] == pytest.approx(found["lr"])
+        assert (cfg.paths.finetune / f"lr_find_phase{found['phase']}.png").is_file()
+    assert record["best"]["val_accuracy"] >= record["history"][0]["val_accuracy"]
+    fixed = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(update={"base_lr": 1e-3})})
+    finetune.run(fixed, progress=False)  # a fixed LR again: no range test, no plot left over
+    assert read_json(cfg.paths.finetune / "record.json")["lr_finds"] == []
+    assert not list(cfg.paths.finetune.glob("lr_find_phase*.png"))

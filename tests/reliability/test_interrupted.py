@@ -125,6 +125,29 @@ def test_resume_after_interruption_equals_straight_run(finetune_data, straight, 
     assert {"optimizer", "scheduler", "scaler", "rng"} <= set(state)
 
 
+def test_an_lr_auto_phase_resumes_with_the_lr_it_found_without_a_second_sweep(
+    finetune_data, tmp_path
+):
+    """One auto phase of two epochs, stopped after the first: the resumed epoch runs at the LR
+    found before the stop (restored from the checkpoint, not swept again) and ends as the
+    straight run does."""
+    auto = {"phases": [{"groups": 2, "epochs": 2, "lr": "auto"}]}
+    whole = run(finetune_data, tmp_path / "straight", **auto)
+    with pytest.raises(Stop):
+        run(finetune_data, tmp_path / "stopped", stop_after=1, **auto)
+    resumed = run(finetune_data, tmp_path / "stopped", **auto)
+    assert resumed.resumed_from == 1
+    timeless = [[{k: v for k, v in f.items() if k != "seconds"} for f in r.lr_finds]
+                for r in (whole, resumed)]  # fmt: skip
+    assert timeless[0] == timeless[1]
+    saved = load_checkpoint(series(tmp_path / "stopped") / "epoch-0001").state["lr_finds"]
+    assert resumed.lr_finds == saved  # the checkpoint's, seconds and all: not swept again
+    assert [f["phase"] for f in whole.lr_finds] == [1]
+    assert comparable(resumed.history) == comparable(whole.history)
+    assert {row["lr_head"] for row in whole.history[1:]} == {whole.lr_finds[0]["lr"]}
+    same_weights(whole.model, resumed.model)
+
+
 def test_finished_run_resumes_to_its_result_and_other_settings_start_afresh(
     finetune_data, straight, tmp_path
 ):

@@ -46,7 +46,9 @@ class PhaseParams(Section):
 
     groups: int = Field(ge=-1)  # unfrozen groups counted from the top; 0 = head only; -1 = all
     epochs: int = Field(gt=0)
-    lr: float = Field(gt=0, le=10)  # the head's LR; backbone groups get it times the decay
+    # The head's LR; backbone groups get it times the decay. auto: an LR range test when the
+    # phase starts, with its frozen groups (fastai's valley), recorded in record.json.
+    lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"]
 
 
 class FinetuneParams(Section):
@@ -70,7 +72,8 @@ class FinetuneParams(Section):
     phase_images: int = Field(default=10_000, gt=0)
     # gradual: thawing steps after the head-only phase; null = one layer group per step.
     gradual_steps: int | None = Field(default=3, gt=0)
-    base_lr: float = Field(default=1e-3, gt=0, le=10)  # presets only: every phase's LR
+    # presets only: every phase's LR; auto: each phase's own range test (as a phase's lr: auto)
+    base_lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"] = 1e-3
     # Discriminative LRs: group LR = phase LR * lr_decay ** (distance from the top; head = 0)...
     lr_decay: float = Field(default=0.8, gt=0, le=1)
     # ...or explicit absolute LRs per backbone group, stem first (replaces lr_decay when set).
@@ -120,6 +123,12 @@ class FinetuneParams(Section):
             raise ValueError(
                 f"finetune.batch_size: {self.batch_size} is the global batch, split between "
                 f"finetune.nproc={self.nproc} processes; make it a multiple of {self.nproc}"
+            )
+        auto = self.base_lr == "auto" or any(p.lr == "auto" for p in self.phases)
+        if auto and self.group_lrs is not None:
+            raise ValueError(
+                "finetune.group_lrs: absolute LRs per group leave nothing for lr: auto to find; "
+                "remove group_lrs (lr_decay sets the groups' ratios) or give the LRs as numbers"
             )
         if self.strategy != "custom" and self.phases:
             raise ValueError(

@@ -13,11 +13,13 @@ and recorded with its budget in ``plan.json`` (the scratch baseline trains for i
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from thawline.config import Config, FinetuneParams
 from thawline.data.store import PreparedStore
 from thawline.devices import resolve_device, resolve_precision
+from thawline.evaluation.plots import plot_lr_find
 from thawline.features.assemble import build_model
 from thawline.features.cache import FeatureCache
 from thawline.files import sha256_file
@@ -64,11 +66,25 @@ def run(
         start, 0 if val is None else len(val[1]), len(start.model.classes), on_epoch_end
     )
     start.info["warnings"] = checks.findings  # filled in while training, saved in the record
-    return train_and_save(
+    result = train_and_save(
         cfg, start.model, opts, cfg.paths.finetune, record | {"start": start.info},
         checkpoints=cfg.paths.checkpoints / "finetune", on_epoch_end=checks, progress=progress,
         stats={"stage": "finetune", "setup_seconds": start.seconds},
     )  # fmt: skip
+    finds = result.info.pop("lr_finds", [])
+    if result.outputs:  # rank 0, which wrote the folder
+        plot_lr_finds(cfg.paths.finetune, finds)
+    return result
+
+
+def plot_lr_finds(folder: Path, finds: list[dict]) -> None:
+    """``lr: auto``: one ``lr_find_phase<n>.png`` per phase's range test (none left over)."""
+    for old in folder.glob("lr_find_phase*.png"):
+        old.unlink()
+    for found in finds:
+        marks = {"valley (used)": found["lr"], "steep": found["steep"]}
+        plot_lr_find(found["lrs"], found["losses"], marks,
+                     folder / f"lr_find_phase{found['phase']}.png")  # fmt: skip
 
 
 def starting_point(cfg: Config, opts: FinetuneParams, progress: bool) -> Start:

@@ -22,11 +22,16 @@ from thawline.training.schedule import warmup_cosine
 
 @dataclass(frozen=True)
 class Phase:
-    """A resolved phase: ``groups`` unfrozen from the top (0..n), its epochs and head LR."""
+    """A resolved phase: ``groups`` unfrozen from the top (0..n), its epochs and head LR.
+
+    ``auto``: the LR is found by a range test when the phase starts; until then ``lr`` is 1, so
+    the timeline's per-group LRs of the phase are the ratios that the found LR scales.
+    """
 
     groups: int
     epochs: int
     lr: float
+    auto: bool = False
 
 
 def steps_per_epoch(count: int, batch_size: int) -> int:
@@ -56,18 +61,20 @@ def resolve_phases(opts: FinetuneParams, num_groups: int, train_size: int) -> li
         ValueError: A custom phase asks for more groups than the backbone has.
     """
     epochs, lr = epochs_per_phase(opts, train_size), opts.base_lr
+    auto = lr == "auto"
+    lr = 1.0 if auto else lr
     if opts.strategy == "auto":
         raise ValueError(
             "finetune.strategy: 'auto' is resolved to a preset by choose_strategy before training"
         )
     if opts.strategy == "head_only":
-        return [Phase(0, epochs, lr)]
+        return [Phase(0, epochs, lr, auto)]
     if opts.strategy == "full":
-        return [Phase(num_groups, epochs, lr)]
+        return [Phase(num_groups, epochs, lr, auto)]
     if opts.strategy == "gradual":
         steps = min(opts.gradual_steps or num_groups, num_groups)
         counts = [math.ceil(step * num_groups / steps) for step in range(steps + 1)]
-        return [Phase(k, epochs, lr) for k in counts]
+        return [Phase(k, epochs, lr, auto) for k in counts]
     phases = []
     for i, phase in enumerate(opts.phases):
         if phase.groups > num_groups:
@@ -76,7 +83,8 @@ def resolve_phases(opts: FinetuneParams, num_groups: int, train_size: int) -> li
                 f"{num_groups} layer groups; use -1 for all"
             )
         groups = num_groups if phase.groups == -1 else phase.groups
-        phases.append(Phase(groups, phase.epochs, phase.lr))
+        auto = phase.lr == "auto"
+        phases.append(Phase(groups, phase.epochs, 1.0 if auto else phase.lr, auto))
     return phases
 
 
@@ -130,6 +138,27 @@ class Timeline:
     ):
         self.phases, self.lrs, self.steps, self.warmup = phases, lrs, steps, warmup_fraction
         self.runs = [Run(i) for i in range(len(phases))]
+        self.planned = [[p.groups, p.epochs, "auto" if p.auto else p.lr] for p in phases]
+        self.planned_lrs = [list(group) for group in lrs]  # of an auto phase: its ratios
+        self.found: dict[int, float] = {}  # phase -> the LR its range test found
+
+    def pending(self, phase: int) -> bool:
+        """Whether ``phase`` has ``lr: auto`` and no LR found yet."""
+        return self.phases[phase].auto and phase not in self.found
+
+    def set_found(self, phase: int, lr: float) -> None:
+        """Give an ``auto`` phase the LR its range test found (its groups keep their ratios)."""
+        self.found[phase] = lr
+        old = self.phases[phase]
+        self.phases[phase] = Phase(old.groups, old.epochs, lr, auto=True)
+        self.lrs[phase] = [ratio * lr for ratio in self.planned_lrs[phase]]
+
+    def found_state(self) -> list[list]:
+        return [[phase, lr] for phase, lr in sorted(self.found.items())]
+
+    def load_found(self, state: list[list]) -> None:
+        for phase, lr in state:
+            self.set_found(int(phase), float(lr))
 
     def length(self, run: Run) -> int:
         """A run's epochs."""

@@ -51,8 +51,8 @@ class Resumable:
         )  # nproc only says how to launch; the world size below is what counts
         return {
             "settings": settings,
-            "phases": [[p.groups, p.epochs, p.lr] for p in self.timeline.phases],
-            "lrs": self.timeline.lrs,
+            "phases": self.timeline.planned,  # lr "auto" until a range test finds it
+            "lrs": self.timeline.planned_lrs,
             "steps_per_epoch": self.steps,
             "seed": self.seed,
             "world_size": self.world.size,
@@ -108,6 +108,8 @@ class Resumable:
         self.history, self.best = state["history"], state["best"]
         self.best_epoch = state["best_epoch"]
         self.timeline.load_state(state["timeline"])
+        self.timeline.load_found(state.get("found_lrs", []))
+        self.lr_finds = state.get("lr_finds", [])
         self.rollbacks = state["rollbacks"]
         self.best_state = checkpoint.best if checkpoint.best is not None else checkpoint.model
         if self.step and checkpoint.best is None:  # mid-epoch weights are nobody's best
@@ -143,6 +145,8 @@ class Resumable:
             "phase": self.timeline.run_of(self.epoch - 1),
             "unfrozen_groups": unfrozen_groups(self.model),
             "timeline": self.timeline.state(),
+            "found_lrs": self.timeline.found_state(),
+            "lr_finds": self.lr_finds,
             "rollbacks": self.rollbacks,
             "history": self.history,
             "best_epoch": self.best_epoch,

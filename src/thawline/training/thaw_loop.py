@@ -8,7 +8,8 @@ DistributedDataParallel and a DistributedSampler deals each epoch's shuffled ord
 ``batch_size`` stays the global batch, so the steps, the schedule and the averaged gradient are
 those of one process. The wrapper is rebuilt per phase (training/replicas.py says why). Only
 rank 0 writes checkpoints and calls ``on_epoch_end``. The run never ends worse than its start
-(training/never_worse.py). Asked to stop (SIGTERM, SIGINT: thawline.stopping), it finishes the
+(training/never_worse.py). A phase with ``lr: auto`` starts with an LR range test
+(training/phase_lr.py). Asked to stop (SIGTERM, SIGINT: thawline.stopping), it finishes the
 current step, writes a mid-epoch checkpoint that resumes exactly, and raises ``Interrupted``.
 """
 
@@ -36,6 +37,7 @@ from thawline.stopping import deferred, interrupted, requested
 from thawline.training.batches import deterministic, training_batch
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
 from thawline.training.never_worse import NeverWorse
+from thawline.training.phase_lr import AutoLR
 from thawline.training.phases import (
     Timeline,
     group_lrs,
@@ -65,6 +67,7 @@ class FineTuneResult:
     precision: str = "fp32"
     epochs: int = 0  # epochs trained (the history's epoch 0 is the starting model, untrained)
     rollbacks: list[dict] = field(default_factory=list)  # phases rolled back, and what then
+    lr_finds: list[dict] = field(default_factory=list)  # lr: auto: each phase's range test
 
 
 def fine_tune(
@@ -122,9 +125,9 @@ def fine_tune(
     return trainer.result(resumed, series)
 
 
-class _Trainer(Resumable, NeverWorse):
+class _Trainer(Resumable, NeverWorse, AutoLR):
     """The training state of one run (checkpoints: :class:`Resumable`; the best epoch and
-    rollbacks: :class:`NeverWorse`)."""
+    rollbacks: :class:`NeverWorse`; ``lr: auto`` phases: :class:`AutoLR`)."""
 
     def __init__(
         self, model, train, val, opts: FinetuneParams, seed, device, precision: Precision,
@@ -159,6 +162,7 @@ class _Trainer(Resumable, NeverWorse):
         self.step, self.partial_loss, self.epoch_generator = 0, 0.0, None
         self.history: list[dict[str, float]] = []
         self.rollbacks: list[dict] = []
+        self.lr_finds: list[dict] = []  # lr: auto phases' range tests (curves included)
         self.best_epoch, self.best = 0, {}
         self.best_state: dict[str, torch.Tensor] | None = None
         state = model.state_dict()
@@ -200,6 +204,8 @@ class _Trainer(Resumable, NeverWorse):
     def _epoch(self, bar) -> dict[str, float]:
         index = self.timeline.run_of(self.epoch)
         run = self.timeline.runs[index]
+        if self.timeline.pending(run.phase):
+            self._find_lr(run.phase)
         lrs = self.timeline.peak_lrs(self.epoch)
         started, resumed_at = time.perf_counter(), self.step
         train_loss = self._train_epoch(run.phase, bar)
@@ -330,7 +336,7 @@ class _Trainer(Resumable, NeverWorse):
         return FineTuneResult(
             model, self.history, self.best_epoch, self.best, self.seconds,
             resumed_from=resumed, checkpoints=series, precision=self.precision.name,
-            epochs=self.epoch, rollbacks=self.rollbacks,
+            epochs=self.epoch, rollbacks=self.rollbacks, lr_finds=self.lr_finds,
         )  # fmt: skip
 
 

@@ -46,6 +46,7 @@ from thawline.training.thaw_loop import fine_tune
 
 log = logging.getLogger(__name__)
 RUN_ONLY = ("images_per_second",)  # history entries that describe the run, not the model
+CURVE = ("lrs", "losses")  # a range test's curve: plotted by the stage, not kept in the record
 Data = tuple[torch.Tensor, torch.Tensor]  # uint8 images [N, 3, S, S], int64 labels [N]
 
 
@@ -109,6 +110,7 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
         "best": result.best,
         "epochs": result.epochs,
         "rollbacks": result.rollbacks,
+        "lr_finds": [{k: v for k, v in f.items() if k not in CURVE} for f in result.lr_finds],
         "history": [{k: v for k, v in row.items() if k not in RUN_ONLY} for row in result.history],
         "model_sha256": sha256_file(model_dir / WEIGHTS),
     }
@@ -118,7 +120,8 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
         "resumed_from": result.resumed_from,
         "images_per_second": [row.get("images_per_second") for row in result.history],
     })  # fmt: skip
-    info = {k: v for k, v in record.items() if k != "history"}
+    info = {k: v for k, v in record.items() if k != "history"} | {"lr_finds": result.lr_finds}
+    metrics |= {f"lr_found_phase{f['phase']}": f["lr"] for f in result.lr_finds}
     outputs = {"model": model_dir, "record": folder / RECORD}
     return StageResult(outputs=outputs, metrics=metrics, info=info)
 
