@@ -156,3 +156,22 @@ def test_lr_auto_finds_each_phases_lr_when_it_starts_and_records_it(probe, tmp_p
     finetune.run(fixed, progress=False)  # a fixed LR again: no range test, no plot left over
     assert read_json(cfg.paths.finetune / "record.json")["lr_finds"] == []
     assert not list(cfg.paths.finetune.glob("lr_find_phase*.png"))
+
+
+def test_with_ema_the_saved_model_is_the_weights_its_best_names(probe, tmp_path):
+    """Each epoch validates the raw and the averaged weights; the better is the epoch's best,
+    and the saved model scores exactly what the record says, whichever it was."""
+    cfg = with_probe(probe, tmp_path, strategy="full", image_size=32, epochs_per_phase=2,
+                     ema=True, ema_decay=0.99)  # fmt: skip
+    result = finetune.run(cfg, progress=False)
+    record = read_json(cfg.paths.finetune / "record.json")
+    assert all("ema_val_accuracy" in row for row in record["history"][1:])
+    best = record["best"]
+    assert record["best_epoch"] == 0 or best["weights"] in ("raw", "ema")
+    model = load_classifier(result.outputs["model"])
+    val = load_split(cfg.paths.prepared, "val")
+    smoothing = cfg.finetune.label_smoothing  # the loss as training scored it
+    again = metrics_from_sums(validation_sums(model, val.images, val.labels,
+                                              label_smoothing=smoothing))  # fmt: skip
+    assert again["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
+    assert again["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4)  # tells the two apart

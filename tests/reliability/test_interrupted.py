@@ -148,6 +148,23 @@ def test_an_lr_auto_phase_resumes_with_the_lr_it_found_without_a_second_sweep(
     same_weights(whole.model, resumed.model)
 
 
+def test_with_ema_the_average_is_checkpointed_and_the_resume_is_exact(finetune_data, tmp_path):
+    """finetune.ema: the averaged weights are part of every checkpoint; a run stopped after
+    epoch 1 resumes to the straight run's history (the average's validation included) and
+    weights."""
+    whole = run(finetune_data, tmp_path / "straight", ema=True)
+    with pytest.raises(Stop):
+        run(finetune_data, tmp_path / "stopped", stop_after=1, ema=True)
+    state = load_checkpoint(series(tmp_path / "stopped") / "epoch-0001").state
+    assert state["ema"].keys() == whole.model.state_dict().keys()
+    resumed = run(finetune_data, tmp_path / "stopped", ema=True)
+    assert all("ema_val_accuracy" in row for row in whole.history[1:])
+    assert comparable(resumed.history) == comparable(whole.history)
+    assert comparable([resumed.best]) == comparable([whole.best])
+    assert resumed.best["weights"] in ("raw", "ema")
+    same_weights(whole.model, resumed.model)
+
+
 def test_finished_run_resumes_to_its_result_and_other_settings_start_afresh(
     finetune_data, straight, tmp_path
 ):

@@ -84,7 +84,10 @@ def test_lr_1e6_in_params_is_refused_before_anything_runs(headed, tmp_path, caps
     params.write_text(yaml.safe_dump(raw))
     assert main(["stage", "finetune", "-p", str(params), "-q"]) == 2
     err = capsys.readouterr().err
-    assert "finetune.base_lr: Input should be less than or equal to 10 (got 1000000.0)" in err
+    assert (
+        "finetune.base_lr: Input should be less than or equal to 10, or input should be "
+        "'auto' (got 1000000.0)"
+    ) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 

@@ -79,6 +79,11 @@ class FinetuneParams(Section):
     # ...or explicit absolute LRs per backbone group, stem first (replaces lr_decay when set).
     group_lrs: list[Annotated[float, Field(gt=0, le=10)]] | None = Field(default=None, min_length=1)
     weight_decay: float = Field(default=0.01, ge=0)
+    # An exponential moving average of the weights (timm's ModelEmaV3, decay warm-up): each epoch
+    # validates the raw and the averaged weights and offers the better as its best; record.json
+    # says which (best.weights). ema_decay caps the warmed-up decay.
+    ema: bool = False
+    ema_decay: float = Field(default=0.999, gt=0, lt=1)
     label_smoothing: float = Field(default=0.1, ge=0, lt=1)
     clip_grad_norm: float | None = Field(default=1.0, gt=0)  # null = no clipping
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)  # of each phase's steps

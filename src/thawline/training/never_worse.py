@@ -45,9 +45,10 @@ class NeverWorse:
         self.best_state = _cpu_copy(self.model.state_dict())
 
     def _track_best(self, metrics: dict[str, float], index: int) -> None:
-        if improved(metrics, self.best):
-            self.best_epoch, self.best = self.epoch, metrics
-            self.best_state = _cpu_copy(self.model.state_dict())
+        candidate, weights = self._candidate(metrics)  # the raw weights, or their average
+        if improved(candidate, self.best):
+            self.best_epoch, self.best = self.epoch, candidate
+            self.best_state = _cpu_copy(weights.state_dict())
         last_phase = index == len(self.timeline.runs) - 1
         # Early stopping only in the last phase: an earlier phase is followed by a thaw.
         if self.opts.patience and self.val is not None and last_phase:
@@ -56,6 +57,7 @@ class NeverWorse:
     def _judge_run(self, index: int, metrics: dict[str, float]) -> None:
         """A run that ended clearly below the best so far goes back to the best weights; if it
         never beat what it started from, it is retried once at a lower LR, or the thaw stops."""
+        metrics = self._candidate(metrics)[0]  # with EMA: the better of the two weights
         drop = self.best["val_accuracy"] - metrics["val_accuracy"]
         if drop <= self._noise(self.best["val_accuracy"]):
             return
@@ -111,6 +113,7 @@ class NeverWorse:
 
     def _roll_back(self) -> None:
         self.model.load_state_dict(self.best_state)
+        self._reset_ema(self.best_state)
         self.optimizer.state.clear()  # the moments of the bad stretch would push it back there
 
     def _record(self, epoch: int, run, reason: str, accuracy: float | None, action: str) -> None:

@@ -109,6 +109,7 @@ class Resumable:
         self.best_epoch = state["best_epoch"]
         self.timeline.load_state(state["timeline"])
         self.timeline.load_found(state.get("found_lrs", []))
+        self._load_ema_state(state.get("ema", {}))
         self.lr_finds = state.get("lr_finds", [])
         self.rollbacks = state["rollbacks"]
         self.best_state = checkpoint.best if checkpoint.best is not None else checkpoint.model
@@ -126,7 +127,9 @@ class Resumable:
         rng = self.world.gather(mine)  # every rank's, for an exact resume
         if not self.world.main:
             return
-        whole_epoch = self.best_epoch == self.epoch and not self.step
+        # The best is this epoch's weights as they are (not their average): no second copy.
+        whole_epoch = (self.best_epoch == self.epoch and not self.step
+                       and self.best.get("weights", "raw") == "raw")  # fmt: skip
         save_checkpoint(
             folder, self.epoch, state, self._state(rng),
             best=None if whole_epoch else self.best_state, keep=self.opts.keep_checkpoints,
@@ -146,6 +149,7 @@ class Resumable:
             "unfrozen_groups": unfrozen_groups(self.model),
             "timeline": self.timeline.state(),
             "found_lrs": self.timeline.found_state(),
+            "ema": self._ema_state(),  # the averaged weights ({} without finetune.ema)
             "lr_finds": self.lr_finds,
             "rollbacks": self.rollbacks,
             "history": self.history,

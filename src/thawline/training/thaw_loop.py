@@ -35,6 +35,7 @@ from thawline.models.preprocess import item_unit
 from thawline.progress import progress_bar
 from thawline.stopping import deferred, interrupted, requested
 from thawline.training.batches import deterministic, training_batch
+from thawline.training.ema import WeightAverage
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
 from thawline.training.never_worse import NeverWorse
 from thawline.training.phase_lr import AutoLR
@@ -125,9 +126,10 @@ def fine_tune(
     return trainer.result(resumed, series)
 
 
-class _Trainer(Resumable, NeverWorse, AutoLR):
+class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
     """The training state of one run (checkpoints: :class:`Resumable`; the best epoch and
-    rollbacks: :class:`NeverWorse`; ``lr: auto`` phases: :class:`AutoLR`)."""
+    rollbacks: :class:`NeverWorse`; ``lr: auto`` phases: :class:`AutoLR`; ``ema``:
+    :class:`WeightAverage`)."""
 
     def __init__(
         self, model, train, val, opts: FinetuneParams, seed, device, precision: Precision,
@@ -156,6 +158,7 @@ class _Trainer(Resumable, NeverWorse, AutoLR):
         self.timeline = Timeline(phases, lrs, self.steps, opts.warmup_fraction)
         self.scheduler = timeline_schedule(self.optimizer, self.timeline)
         self.scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
+        self._start_ema()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
         self.epoch, self.seconds, self.finished = 0, 0.0, False
         # Where a stopped epoch resumes: steps done, their summed loss, the augmentation draws.
@@ -221,7 +224,7 @@ class _Trainer(Resumable, NeverWorse, AutoLR):
             "images_per_second": (self.steps - resumed_at) * self._batch() / train_seconds,
         }
         if self.val is not None:
-            metrics |= self._validate()
+            metrics |= self._validate() | self._validate_ema()
         self.seconds += time.perf_counter() - started
         self.epoch += 1
         self.history.append(metrics)
@@ -277,12 +280,13 @@ class _Trainer(Resumable, NeverWorse, AutoLR):
         return (f"{self.label} checkpoint at {where} written to {self.folder}; rerun (dvc "
                 f"repro, or thawline stage {self.label}) to resume from it")  # fmt: skip
 
-    def _validate(self) -> dict[str, float]:
-        """Validation loss and accuracy; each rank scores every ``world.size``-th image."""
+    def _validate(self, model: nn.Module | None = None) -> dict[str, float]:
+        """Validation loss and accuracy of ``model`` (the one training, by default); each rank
+        scores every ``world.size``-th image."""
         images, labels = self.val
         part = slice(self.world.rank, None, self.world.size)
         sums = validation_sums(
-            self.model, images[part], labels[part], batch_size=2 * self.rank_batch,
+            model or self.model, images[part], labels[part], batch_size=2 * self.rank_batch,
             precision=self.precision, label_smoothing=self.opts.label_smoothing,
         )  # fmt: skip
         return metrics_from_sums(self.world.all_sum(sums))
@@ -315,6 +319,7 @@ class _Trainer(Resumable, NeverWorse, AutoLR):
         else:
             self.optimizer.step()
         self.scheduler.step()
+        self._update_ema(self.epoch * self.steps + step + 1)
         return mean.item()
 
     def _non_finite(self, what: str, diverged: bool = False) -> None:

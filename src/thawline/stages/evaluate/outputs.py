@@ -144,6 +144,8 @@ def trained_on_images(
             "strategy": record.get("strategy", name),
             "reason": record.get("reason", ""),
             "image_size": str(model.preprocess.size),
+            # finetune.ema: whether validation preferred the averaged weights (and so they are it)
+            "weights": str((record.get("best") or {}).get("weights", "raw")),
             "weights_sha256": record["model_sha256"],
         },
         tta_probs=None if tta is None else tta.double().numpy(),
