@@ -16,10 +16,13 @@ def summary_lines(cfg: Config) -> list[str]:
         return [f"no evaluation in {cfg.paths.evaluation} yet: run 'dvc repro'"]
     lines = ["test accuracy:"]
     text = cfg.data.modality == "text"
-    baselines = [k.removesuffix("_accuracy") for k in metrics if k.endswith("_accuracy")]
+    baselines = [k.removesuffix("_accuracy") for k in metrics
+                 if k.endswith("_accuracy") and not k.endswith("_tta_accuracy")]  # fmt: skip
     for model in [*MODELS, *(b for b in baselines if b not in MODELS)]:  # + TF-IDF for text
         if (value := metrics.get(f"{model}_accuracy")) is not None:
-            lines.append(f"  {model:<10} {value:.4f}")
+            tta = metrics.get(f"{model}_tta_accuracy")
+            beside = "" if tta is None else f"  (with TTA {tta:.4f})"
+            lines.append(f"  {model:<10} {value:.4f}{beside}")
     if "accuracy_ci_low" in metrics:
         lines.append(
             f"  chosen model: {metrics['accuracy']:.4f} (95% interval "

@@ -12,6 +12,7 @@ def test_summary_names_every_model_the_champion_and_next_steps(tmp_path):
     assert "run 'dvc repro'" in summary_lines(cfg)[0]
     write_metrics(cfg.paths.evaluation, {
         "accuracy": 0.9187, "head_only_accuracy": 0.8856, "finetuned_accuracy": 0.9187,
+        "finetuned_tta_accuracy": 0.9203,
         "examples": 7000.0, "accuracy_ci_low": 0.9121, "accuracy_ci_high": 0.9249,
     })  # fmt: skip
     write_registration(cfg.paths.registration, {
@@ -20,7 +21,8 @@ def test_summary_names_every_model_the_champion_and_next_steps(tmp_path):
         "decision": {"promote": True, "reason": "no champion yet: the first model becomes it"},
     })  # fmt: skip
     text = "\n".join(summary_lines(cfg))
-    assert "head_only  0.8856" in text and "finetuned  0.9187" in text
+    assert "head_only  0.8856\n" in text and "finetuned  0.9187  (with TTA 0.9203)" in text
+    assert "finetuned_tta" not in text  # beside its model, not a model of its own
     assert "95% interval 0.9121-0.9249, 7000 images" in text
     assert "champion: version 1" in text and "first model becomes it" in text
     assert "mlflow ui --backend-store-uri sqlite:///" in text and "thawline report" in text
