@@ -9,8 +9,9 @@ DistributedDataParallel and a DistributedSampler deals each epoch's shuffled ord
 those of one process. The wrapper is rebuilt per phase (training/replicas.py says why). Only
 rank 0 writes checkpoints and calls ``on_epoch_end``. The run never ends worse than its start
 (training/never_worse.py). A phase with ``lr: auto`` starts with an LR range test
-(training/phase_lr.py). Asked to stop (SIGTERM, SIGINT: thawline.stopping), it finishes the
-current step, writes a mid-epoch checkpoint that resumes exactly, and raises ``Interrupted``.
+(training/phase_lr.py); ``ema`` averages the weights and offers the better (training/ema.py).
+Asked to stop (SIGTERM, SIGINT: thawline.stopping), it finishes the current step, writes a
+mid-epoch checkpoint that resumes exactly, and raises ``Interrupted``.
 """
 
 from __future__ import annotations
@@ -286,8 +287,9 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
         images, labels = self.val
         part = slice(self.world.rank, None, self.world.size)
         sums = validation_sums(
-            model or self.model, images[part], labels[part], batch_size=2 * self.rank_batch,
-            precision=self.precision, label_smoothing=self.opts.label_smoothing,
+            self.model if model is None else model, images[part], labels[part],
+            batch_size=2 * self.rank_batch, precision=self.precision,
+            label_smoothing=self.opts.label_smoothing,
         )  # fmt: skip
         return metrics_from_sums(self.world.all_sum(sums))
 
