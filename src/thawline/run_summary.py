@@ -17,7 +17,7 @@ def summary_lines(cfg: Config) -> list[str]:
     lines = ["test accuracy:"]
     text = cfg.data.modality == "text"
     baselines = [k.removesuffix("_accuracy") for k in metrics
-                 if k.endswith("_accuracy") and not k.endswith("_tta_accuracy")]  # fmt: skip
+                 if k.endswith("_accuracy") and not k.endswith("tta_accuracy")]  # fmt: skip
     for model in [*MODELS, *(b for b in baselines if b not in MODELS)]:  # + TF-IDF for text
         if (value := metrics.get(f"{model}_accuracy")) is not None:
             tta = metrics.get(f"{model}_tta_accuracy")
