@@ -68,17 +68,23 @@ def check_tta(kind: str, modality: str) -> None:
 
 
 @torch.inference_mode()
-def tta_softmax(network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, kind: str):
+def tta_softmax(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    kind: str,
+    plain: torch.Tensor | None = None,
+) -> torch.Tensor:
     """float32 ``[B, C]``: ``softmax(network(view(x)))`` averaged over the views of ``kind``.
 
     Args:
         network: Normalised input ``[B, 3, S, S]`` to logits (``Classifier.network``).
         x: A preprocessed batch.
         kind: One of ``TTA_CHOICES``.
+        plain: ``network(x)`` when the caller has it already (the plain view is not run again).
     """
     views = tta_views(kind, x.shape[-1])
-    total = None
-    for view in views:
-        probs = torch.softmax(network(view(x)).float(), dim=1)
-        total = probs if total is None else total + probs
+    plain = network(x) if plain is None else plain
+    total = torch.softmax(plain.float(), dim=1)
+    for view in views[1:]:
+        total = total + torch.softmax(network(view(x)).float(), dim=1)
     return total / len(views)

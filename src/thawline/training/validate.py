@@ -29,24 +29,26 @@ def predict_logits(
 
 
 @torch.inference_mode()
-def tta_probabilities(
+def logits_and_tta(
     model: Classifier,
     images: torch.Tensor,
     kind: str,
     *,
     batch_size: int = 256,
     precision: Precision = FP32,
-) -> torch.Tensor:
-    """float32 ``[N, C]``: softmax averaged over the TTA views of ``kind`` (models/tta.py), on
-    the CPU; each view is preprocessed once, as :func:`predict_logits` preprocesses."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict_logits`'s logits and the softmax averaged over the TTA views of ``kind``
+    (models/tta.py), both float32 on the CPU, in one pass: the plain view runs once."""
     model.eval()
     device = next(model.parameters()).device
-    outputs = []
+    logits, probs = [], []
     for chunk in images.split(batch_size):
         x = model.preprocess(chunk.to(device))
         with autocast(device, precision):
-            outputs.append(tta_softmax(model.network, x, kind).cpu())
-    return torch.cat(outputs)
+            plain = model.network(x).float()
+            probs.append(tta_softmax(model.network, x, kind, plain).cpu())
+        logits.append(plain.cpu())
+    return torch.cat(logits), torch.cat(probs)
 
 
 @torch.inference_mode()

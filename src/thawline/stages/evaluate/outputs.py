@@ -25,7 +25,7 @@ from thawline.stage_table import MODELS, trained_by
 from thawline.training.records import read_record
 from thawline.training.strategy import probe_accuracy
 from thawline.training.trained_model import load_trained
-from thawline.training.validate import predict_logits, tta_probabilities
+from thawline.training.validate import logits_and_tta, predict_logits
 
 log = logging.getLogger(__name__)
 HEAD_ONLY = MODELS[0]  # the probe: the head on cached features
@@ -129,10 +129,11 @@ def trained_on_images(
     device = resolve_device("auto")
     precision = resolve_precision("auto", device, model.preprocess.size)
     data = store.load(split or cfg.evaluate.split)
-    logits = predict_logits(model.to(device), data.inputs, precision=precision)
-    tta = None
+    model, tta = model.to(device), None
     if split is None and cfg.evaluate.tta != "none" and model.modality == "image":
-        tta = tta_probabilities(model, data.inputs, cfg.evaluate.tta, precision=precision)
+        logits, tta = logits_and_tta(model, data.inputs, cfg.evaluate.tta, precision=precision)
+    else:
+        logits = predict_logits(model, data.inputs, precision=precision)
     return ModelOutput(
         probs=torch.softmax(logits.double(), dim=1).numpy(),  # float64: see head_on_cached...
         labels=data.labels.numpy().astype(np.int64),
