@@ -1,11 +1,10 @@
 """Where torch runs and in which precision: one rule for extraction, training and evaluation.
 
-``auto`` precision follows measurement on this project's 2-core AVX512-BF16 CPU: the frozen
-extractor runs bf16 wherever the CPU has it natively (2x eager fp32 and more, docs/benchmarks.md),
-but full Lite0 *training* at batch 64 in bf16 autocast is 0.6x fp32 at 64 px and 0.8x at 96 px,
-and only 1.3x at 128 px (small convolutions spend more on casting than they save), so training
-and the evaluation of trained models use bf16 on a CPU only from ``CPU_BF16_MIN_SIZE`` px up.
-bench/finetune_speed.py measures it on the machine at hand.
+``auto`` is bf16 wherever the hardware computes it natively (on a CPU the frozen extractor
+runs bf16 there: 2x eager fp32 and more, docs/benchmarks.md) and fp16 on CUDA without bf16.
+Training and trained image models on a CPU do not follow this rule: whether bf16 autocast pays
+there depends on the CPU, the network and the input size, so
+:mod:`thawline.precision_choice` measures it on the machine at hand.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ from dataclasses import dataclass
 import torch
 
 from thawline.errors import ConfigError
-
-CPU_BF16_MIN_SIZE = 112
 
 
 @dataclass(frozen=True)
@@ -48,14 +45,12 @@ def resolve_device(requested: str, key: str = "finetune.device") -> torch.device
 def resolve_precision(
     requested: str,
     device: torch.device,
-    image_size: int | None = None,
     *,
     training: bool = True,
     key: str = "finetune.precision",
 ) -> Precision:
-    """``auto``: bf16 where the hardware has it natively (on a CPU, for training and trained
-    models only from ``CPU_BF16_MIN_SIZE`` px up; ``image_size=None``: any size, as the frozen
-    extractor), else fp16 (+ GradScaler when training) on CUDA, else fp32.
+    """``auto``: bf16 where the hardware has it natively, else fp16 (+ GradScaler when
+    training) on CUDA, else fp32 (image training on a CPU: :mod:`thawline.precision_choice`).
 
     Raises:
         ConfigError: fp16 training on a CPU (no GradScaler-backed fp16 there).
@@ -67,8 +62,7 @@ def resolve_precision(
         if cuda:
             requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            large = image_size is None or image_size >= CPU_BF16_MIN_SIZE
-            requested = "bf16" if native_cpu_bf16() and large else "fp32"
+            requested = "bf16" if native_cpu_bf16() else "fp32"
     if requested == "fp32":
         return Precision(None)
     if requested == "bf16":

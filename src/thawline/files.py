@@ -90,6 +90,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def user_cache_folder() -> Path:
+    """thawline's per-user cache (checked names, measured precisions): ``$THAWLINE_CACHE`` or
+    ``~/.cache/thawline``."""
+    return Path(os.environ.get("THAWLINE_CACHE") or Path.home() / ".cache" / "thawline")
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")

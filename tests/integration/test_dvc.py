@@ -74,12 +74,12 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
         "register",
     ):
         assert f"Running stage '{stage}'" in first
-    # ~100 training images: auto keeps the head; the scratch baseline trains one epoch
+    # ~100 training images: auto keeps the head; the scratch baseline is off by default
     record = yaml.safe_load((repo / "models" / "finetune" / "record.json").read_text())
     assert record["strategy"] == "head_only" and not record["trained"]
-    assert (repo / "models" / "scratch" / "model" / "model.safetensors").is_file()
+    assert not (repo / "models" / "scratch" / "model" / "model.safetensors").exists()
     compared = sorted(p.name for p in (repo / "reports" / "evaluation" / "compare").iterdir())
-    assert compared == ["head_only", "scratch"]
+    assert compared == ["head_only"]
     assert (repo / "reports" / "registration.json").is_file()
     assert "accuracy" in dvc(repo, "metrics", "show")
     assert "up to date" in dvc(repo, "repro")
@@ -92,6 +92,16 @@ def test_dvc_repro_runs_once_and_reruns_only_what_changed(tmp_path):
     assert "Running stage 'train_head'" in experiment
     assert "Running stage 'extract'" not in experiment
     assert "Running stage 'prepare'" not in experiment
+
+    # `make scratch`: the baseline as its own experiment; nothing before it runs again.
+    baseline = dvc(repo, "exp", "run", "-S", "scratch.enabled=true")
+    for stage in ("scratch", "evaluate", "register"):
+        assert f"Running stage '{stage}'" in baseline
+    for stage in ("prepare", "extract", "train_head", "finetune"):
+        assert f"Running stage '{stage}'" not in baseline
+    assert (repo / "models" / "scratch" / "model" / "model.safetensors").is_file()
+    compared = sorted(p.name for p in (repo / "reports" / "evaluation" / "compare").iterdir())
+    assert compared == ["head_only", "scratch"]
 
     # A finetune param reruns finetune onward (and scratch, whose budget follows it), not the head.
     tuned = dvc(repo, "exp", "run", "-S", "finetune.strategy=full")

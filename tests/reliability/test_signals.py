@@ -23,7 +23,7 @@ from thawline.training.checkpoint import checkpoint_dirs, load_checkpoint
 SIGINT_MID_EPOCH = """
 import os, signal, sys
 from pathlib import Path
-import thawline.training.thaw_loop as loop
+import thawline.training.mixing as loop  # where the loop makes its batches
 from tests.finetune_support import run, tiny_data
 from thawline.errors import Interrupted
 from thawline.stopping import graceful_stop

@@ -5,9 +5,7 @@ in fp32."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from thawline.devices import CPU_BF16_MIN_SIZE, resolve_precision
 from thawline.training.strategy import choose_strategy, probe_accuracy, should_escalate
 
 
@@ -32,17 +30,6 @@ def test_probe_accuracy_is_the_best_epochs_val_accuracy():
     history = [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.7}]
     assert probe_accuracy({"best_epoch": 2, "history": history}) == 0.7
     assert probe_accuracy({"best_epoch": 1, "history": [{"epoch": 1}]}) is None
-
-
-def test_cpu_auto_precision_is_fp32_for_small_inputs():
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu, 64).name == "fp32"
-    large = resolve_precision("auto", cpu, CPU_BF16_MIN_SIZE).name
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert large == ("bf16" if native else "fp32")
-    assert resolve_precision("bf16", cpu, 32).name == "bf16"  # an explicit choice is kept
-    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        resolve_precision("fp16", cpu, 64)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,8 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from thawline.files import user_cache_folder
+
 
 def check_backbone_name(name: str) -> None:
     library, _, model = name.partition(":")
@@ -59,8 +61,7 @@ def check_torchvision_dataset(name: str | None) -> None:
 
 def names_file() -> Path:
     """Where checked names are remembered (``$THAWLINE_CACHE`` or ``~/.cache/thawline``)."""
-    folder = os.environ.get("THAWLINE_CACHE") or Path.home() / ".cache" / "thawline"
-    return Path(folder) / "known-names.json"
+    return user_cache_folder() / "known-names.json"
 
 
 def _key(library: str, name: str) -> str | None:

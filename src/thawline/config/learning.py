@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from thawline.config.base import Section
+
+# timm's RandAugment config: rand, then -<key><number> parts (m9, n2, mstd0.5, inc1)
+RANDAUGMENT = r"^rand(-[a-z]+[0-9.]+)*$"
 
 
 class HeadSweepParams(Section):
@@ -49,6 +53,9 @@ class PhaseParams(Section):
     # The head's LR; backbone groups get it times the decay. auto: an LR range test when the
     # phase starts, with its frozen groups (fastai's valley), recorded in record.json.
     lr: Annotated[float, Field(gt=0, le=10)] | Literal["auto"]
+    # Progressive resizing: this phase trains at its own input size (e.g. 32, then 48, then 64);
+    # null = finetune.image_size. Validation and the saved model use finetune.image_size.
+    image_size: int | None = Field(default=None, ge=16, le=2048)
 
 
 class FinetuneParams(Section):
@@ -97,8 +104,18 @@ class FinetuneParams(Section):
     image_size: int | None = Field(default=64, gt=0, le=2048)
     augment: bool = True  # random horizontal flip + small shifts, training batches only
     max_shift: int = Field(default=2, ge=0, le=64)  # pixels, at the model's input size
-    # auto: bf16 autocast on CUDA with bf16 and on CPUs with native bf16 for inputs >= 112 px
-    # (smaller ones train faster in fp32 there), else fp16 + GradScaler on CUDA, else fp32.
+    # Phases with frozen groups: compute the frozen part's output once per view of each training
+    # image and train the top on it (auto: where the measured times say it pays; always; never).
+    # timm's recipes (training/mixing.py): Mixup / CutMix alphas (0 = off; 0.2-1.0 usual) and a
+    # RandAugment config string such as rand-m9-mstd0.5 (null = off). Off unless measured to help.
+    mixup_alpha: float = Field(default=0.0, ge=0, le=10)
+    cutmix_alpha: float = Field(default=0.0, ge=0, le=10)
+    randaugment: str | None = None
+    activation_cache: Literal["auto", "always", "never"] = "auto"
+    activation_views: int = Field(default=4, ge=1, le=64)  # the plain image + flipped/shifted
+    activation_cache_gb: float = Field(default=4.0, gt=0)  # largest store (disk and memory)
+    # auto: bf16 autocast on CUDA with bf16 (else fp16 + GradScaler); on a CPU with native bf16,
+    # fp32 or bf16 autocast, whichever a short measurement finds faster (precision_choice.py).
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     keep_checkpoints: int = Field(default=2, gt=0)
@@ -116,6 +133,16 @@ class FinetuneParams(Section):
     deterministic: bool = False  # deterministic kernels: resume gives bit-identical results
     # auto: a linear probe at or above this val accuracy leaves too little for a fine-tune to win.
     auto_probe_good: float = Field(default=0.99, gt=0, le=1)
+
+    @field_validator("randaugment")
+    @classmethod
+    def _randaugment_config(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(RANDAUGMENT, value):
+            raise ValueError(
+                f"finetune.randaugment: '{value}' is not a timm RandAugment config; write rand "
+                "and -<op><number> parts, e.g. rand-m9-mstd0.5 (magnitude 9, its noise 0.5)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_phases(self) -> FinetuneParams:
@@ -148,6 +175,8 @@ class ScratchParams(Section):
     weights, trained like ``finetune`` (same image size, batch, augmentation, epochs) so time
     and accuracy compare. It is a baseline: evaluated and reported, never registered."""
 
-    enabled: bool = True
+    # Off by default: it costs as much as the fine-tune (half the default run's time); `make
+    # scratch` runs it as a DVC experiment and the report and summary add its row.
+    enabled: bool = False
     lr: float = Field(default=1e-3, gt=0, le=10)  # one LR for every group (nothing to preserve)
     epochs: int | None = Field(default=None, gt=0)  # null: the fine-tune's epochs (same budget)

@@ -88,6 +88,46 @@ class Backbone(nn.Module):
             out[-1].extend(rest)
         return [g for g in out if g]
 
+    def forward_stages(self) -> list[tuple[str, nn.Module]] | None:
+        """``forward_features`` as named modules run one after the other, bottom first (timm
+        CNNs: the stem, each block, the head convolution), or None where the model is not such
+        a chain (checked once, numerically, on a small input in eval mode). The activation
+        cache of thaw phases cuts the chain where the frozen part ends."""
+        if not hasattr(self.model, "forward_head"):
+            return None  # torchvision: its forward pools and flattens in one piece
+        skip = {"global_pool", "classifier", "head", "fc", "head_drop", "pre_logits"}
+        chain: list[tuple[str, nn.Module]] = []
+        for name, child in self.model.named_children():
+            if name in skip:
+                continue
+            if isinstance(child, nn.Sequential) and name in ("blocks", "stages", "layers"):
+                chain.extend((f"{name}.{i}", block) for i, block in enumerate(child))
+            else:
+                chain.append((name, child))
+        if getattr(self, "_chain_ok", None) is None:  # the structure never changes: check once
+            self._chain_ok = self._chain_matches(chain)
+        return chain if self._chain_ok else None
+
+    def _chain_matches(self, chain: list[tuple[str, nn.Module]]) -> bool:
+        if getattr(self.model, "grad_checkpointing", False):
+            return False
+        modes = {module: module.training for module in self.model.modules()}
+        size = int(self.data_config.get("input_size", (3, 64, 64))[-1])
+        try:
+            self.model.eval()
+            with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                torch.manual_seed(0)
+                x = torch.randn(2, 3, min(size, 64), min(size, 64))
+                expected = self.model.forward_features(x)
+                for _, module in chain:
+                    x = module(x)
+            return x.shape == expected.shape and torch.allclose(x, expected, atol=1e-4)
+        except (RuntimeError, TypeError, ValueError):
+            return False
+        finally:  # each module as it was (a phase keeps frozen BatchNorm in eval mode)
+            for module, mode in modes.items():
+                module.training = mode
+
     def _is_classifier(self, param: str) -> bool:
         head = getattr(self.model, "pretrained_cfg", {}).get("classifier")
         return bool(head) and under(param, head)

@@ -18,12 +18,13 @@ from typing import Any
 
 from thawline.config import Config, FinetuneParams
 from thawline.data.store import PreparedStore
-from thawline.devices import resolve_device, resolve_precision
+from thawline.devices import resolve_device
 from thawline.evaluation.plots import plot_lr_find
 from thawline.features.assemble import build_model
 from thawline.features.cache import FeatureCache
 from thawline.files import sha256_file
 from thawline.models.storage import head_files, read_head_meta
+from thawline.precision_choice import choose_precision
 from thawline.stage_table import StageResult
 from thawline.training.fit_head import EpochCallback
 from thawline.training.phases import budget_epochs
@@ -97,7 +98,13 @@ def starting_point(cfg: Config, opts: FinetuneParams, progress: bool) -> Start:
     info: dict[str, Any] = {"probe_image_size": extracted, "probe_val_accuracy": probe}
     device = resolve_device(opts.device)
     size = opts.image_size or extracted
-    precision = resolve_precision(opts.precision, device, size)
+    if size != extracted:
+        model = at_size(model, size)
+    # The fine-tune's own choice (measured once per kind of CPU, then cached): the refit head
+    # sees the features the fine-tune will start from.
+    precision = choose_precision(
+        opts.precision, device, model, batch=opts.batch_size // opts.nproc, training=True
+    ).precision
     if size == extracted:
         cache = FeatureCache(cfg.paths.features).parts
         info["why_gap"] = (
@@ -107,7 +114,7 @@ def starting_point(cfg: Config, opts: FinetuneParams, progress: bool) -> Start:
         )
         return Start(model, probe, "the probe (train_head)", info | {"head": "probe"})
     train, val = load_training_data(cfg)
-    model = at_size(model, size).to(device)
+    model = model.to(device)
     params = cfg.head.model_copy(update=meta.get("params") or {})  # a sweep's chosen settings
     refit, seconds = refit_head(model, train, val, params, cfg.seed, precision, progress=progress)
     log.info(

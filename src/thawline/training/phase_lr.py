@@ -21,6 +21,7 @@ from torch import nn
 from thawline.config import FinetuneParams
 from thawline.devices import Precision, autocast
 from thawline.models.classifier import Classifier
+from thawline.models.preprocess import Preprocess
 from thawline.training.batches import training_batch
 from thawline.training.lr_find import END, START, STEPS, LRFinding, lr_sweep, suggest
 from thawline.training.phases import Phase
@@ -38,6 +39,7 @@ def find_phase_lr(
     seed: int,
     precision: Precision,
     steps: int = STEPS,
+    preprocess: Preprocess | None = None,
 ) -> tuple[LRFinding, float]:
     """The range test for ``phase`` of ``model`` (on its device), and its seconds.
 
@@ -49,6 +51,7 @@ def find_phase_lr(
         opts: The ``finetune`` section (batch size, augmentation, weight decay, clipping...).
         seed: Fixes the batches and their augmentation.
         precision: As training runs.
+        preprocess: The phase's input size when it has its own (progressive resizing).
     """
     started = time.perf_counter()
     device = next(model.parameters()).device
@@ -72,7 +75,7 @@ def find_phase_lr(
         idx = order[position : position + batch]
         position += batch
         x = training_batch(
-            images[idx].to(device), model.preprocess, augment=opts.augment,
+            images[idx].to(device), preprocess or model.preprocess, augment=opts.augment,
             max_shift=opts.max_shift, generator=generator,
         )  # fmt: skip
         for group in optimizer.param_groups:
@@ -110,7 +113,7 @@ class AutoLR:
         LRs of this step follow at once (the scheduler set them from the unscaled ratios)."""
         found, seconds = find_phase_lr(
             self.model, self.train, self.timeline.phases[phase], self.timeline.planned_lrs[phase],
-            self.opts, self.seed + phase, self.precision,
+            self.opts, self.seed + phase, self.precision, preprocess=self._phase_preprocess(phase),
         )  # fmt: skip
         lr = self.world.all_sum(torch.tensor(found.valley if self.world.main else 0.0,
                                              dtype=torch.float64, device=self.device))  # fmt: skip

@@ -11,6 +11,7 @@ checkpoint: a resumed run replays the same decisions.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ class Phase:
     epochs: int
     lr: float
     auto: bool = False
+    image_size: int | None = None  # progressive resizing: its input size (None: the model's)
 
 
 def steps_per_epoch(count: int, batch_size: int) -> int:
@@ -84,7 +86,8 @@ def resolve_phases(opts: FinetuneParams, num_groups: int, train_size: int) -> li
             )
         groups = num_groups if phase.groups == -1 else phase.groups
         auto = phase.lr == "auto"
-        phases.append(Phase(groups, phase.epochs, 1.0 if auto else phase.lr, auto))
+        lr = 1.0 if auto else phase.lr
+        phases.append(Phase(groups, phase.epochs, lr, auto, phase.image_size))
     return phases
 
 
@@ -138,7 +141,10 @@ class Timeline:
     ):
         self.phases, self.lrs, self.steps, self.warmup = phases, lrs, steps, warmup_fraction
         self.runs = [Run(i) for i in range(len(phases))]
-        self.planned = [[p.groups, p.epochs, "auto" if p.auto else p.lr] for p in phases]
+        self.planned = [
+            [p.groups, p.epochs, "auto" if p.auto else p.lr, *([p.image_size] * bool(p.image_size))]
+            for p in phases
+        ]
         self.planned_lrs = [list(group) for group in lrs]  # of an auto phase: its ratios
         self.found: dict[int, float] = {}  # phase -> the LR its range test found
 
@@ -150,7 +156,7 @@ class Timeline:
         """Give an ``auto`` phase the LR its range test found (its groups keep their ratios)."""
         self.found[phase] = lr
         old = self.phases[phase]
-        self.phases[phase] = Phase(old.groups, old.epochs, lr, auto=True)
+        self.phases[phase] = dataclasses.replace(old, lr=lr)
         self.lrs[phase] = [ratio * lr for ratio in self.planned_lrs[phase]]
 
     def found_state(self) -> list[list]:

@@ -111,6 +111,7 @@ class Resumable:
         self.timeline.load_found(state.get("found_lrs", []))
         self._load_ema_state(state.get("ema", {}))
         self.lr_finds = state.get("lr_finds", [])
+        self.activation_plans = state.get("activation_cache", {})
         self.rollbacks = state["rollbacks"]
         self.best_state = checkpoint.best if checkpoint.best is not None else checkpoint.model
         if self.step and checkpoint.best is None:  # mid-epoch weights are nobody's best
@@ -151,6 +152,7 @@ class Resumable:
             "found_lrs": self.timeline.found_state(),
             "ema": self._ema_state(),  # the averaged weights ({} without finetune.ema)
             "lr_finds": self.lr_finds,
+            "activation_cache": self.activation_plans,  # a resumed phase decides as it did
             "rollbacks": self.rollbacks,
             "history": self.history,
             "best_epoch": self.best_epoch,

@@ -27,17 +27,20 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from thawline.config import ConfigError, FinetuneParams
-from thawline.devices import Precision, autocast, resolve_device, resolve_precision
+from thawline.devices import Precision, autocast, resolve_device
 from thawline.distributed import World
 from thawline.files import tensors_sha256
 from thawline.models.classifier import Classifier
 from thawline.models.lora import merge_lora
 from thawline.models.preprocess import item_unit
+from thawline.precision_choice import agreed_precision
 from thawline.progress import progress_bar
 from thawline.stopping import deferred, interrupted, requested
-from thawline.training.batches import deterministic, training_batch
+from thawline.training.batches import deterministic
+from thawline.training.cached_phases import ActivationCaching, PhaseSource
 from thawline.training.ema import WeightAverage
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
+from thawline.training.mixing import TrainingBatches
 from thawline.training.never_worse import NeverWorse
 from thawline.training.phase_lr import AutoLR
 from thawline.training.phases import (
@@ -70,6 +73,8 @@ class FineTuneResult:
     epochs: int = 0  # epochs trained (the history's epoch 0 is the starting model, untrained)
     rollbacks: list[dict] = field(default_factory=list)  # phases rolled back, and what then
     lr_finds: list[dict] = field(default_factory=list)  # lr: auto: each phase's range test
+    precision_choice: dict = field(default_factory=dict)  # how precision: auto chose (and why)
+    activation_cache: list[dict] = field(default_factory=list)  # per phase run: cached or live
 
 
 def fine_tune(
@@ -113,8 +118,14 @@ def fine_tune(
             found different ones.
         ConfigError: ``batch_size`` is not divisible by the number of processes.
     """
+    if opts.batch_size % world.size:
+        raise ConfigError(
+            f"finetune.batch_size: {opts.batch_size} is the global batch, split between "
+            f"{world.size} processes; make it a multiple of {world.size}"
+        )
     device = world.device(resolve_device(opts.device))
-    precision = resolve_precision(opts.precision, device, model.preprocess.size)
+    choice = agreed_precision(opts.precision, device, model, opts.batch_size // world.size, world)
+    precision = choice.precision
     if opts.thaw == "lora":
         add_adapters(model, opts)
     with deterministic(opts.deterministic):
@@ -124,23 +135,21 @@ def fine_tune(
         trainer.fit(series, on_epoch_end if world.main else None, progress and world.main, label)
     if world.main:
         remove_other_series(series)
-    return trainer.result(resumed, series)
+    result = trainer.result(resumed, series)
+    result.precision_choice = choice.record()
+    return result
 
 
-class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
+class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCaching, TrainingBatches):
     """The training state of one run (checkpoints: :class:`Resumable`; the best epoch and
     rollbacks: :class:`NeverWorse`; ``lr: auto`` phases: :class:`AutoLR`; ``ema``:
-    :class:`WeightAverage`)."""
+    :class:`WeightAverage`; phases on cached activations: :class:`ActivationCaching`; Mixup and
+    RandAugment: :class:`TrainingBatches`)."""
 
     def __init__(
         self, model, train, val, opts: FinetuneParams, seed, device, precision: Precision,
         world: World,
     ):  # fmt: skip
-        if opts.batch_size % world.size:
-            raise ConfigError(
-                f"finetune.batch_size: {opts.batch_size} is the global batch, split between "
-                f"{world.size} processes; make it a multiple of {world.size}"
-            )
         torch.manual_seed(seed + world.rank)  # dropout differs between ranks, as data does
         self.model = model.to(device, memory_format=torch.channels_last)
         self.train, self.val, self.opts, self.seed = train, val, opts, seed
@@ -160,6 +169,7 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
         self.scheduler = timeline_schedule(self.optimizer, self.timeline)
         self.scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
         self._start_ema()
+        self._start_batches()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=opts.label_smoothing)
         self.epoch, self.seconds, self.finished = 0, 0.0, False
         # Where a stopped epoch resumes: steps done, their summed loss, the augmentation draws.
@@ -167,6 +177,7 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
         self.history: list[dict[str, float]] = []
         self.rollbacks: list[dict] = []
         self.lr_finds: list[dict] = []  # lr: auto phases' range tests (curves included)
+        self.activation_plans: dict[str, dict] = {}  # run -> cached activations or live, why
         self.best_epoch, self.best = 0, {}
         self.best_state: dict[str, torch.Tensor] | None = None
         state = model.state_dict()
@@ -211,8 +222,10 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
         if self.timeline.pending(run.phase):
             self._find_lr(run.phase)
         lrs = self.timeline.peak_lrs(self.epoch)
+        prepared = time.perf_counter()  # a cached phase's store is built (or loaded) first
+        source = self._phase_source(index, run.phase)
         started, resumed_at = time.perf_counter(), self.step
-        train_loss = self._train_epoch(run.phase, bar)
+        train_loss = self._train_epoch(run.phase, bar, source)
         train_seconds = time.perf_counter() - started
         metrics = {
             "epoch": self.epoch + 1,
@@ -224,9 +237,11 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
             "lr_scale": run.lr_scale,  # below 1 in a retry after a rollback
             "images_per_second": (self.steps - resumed_at) * self._batch() / train_seconds,
         }
+        if self.timeline.phases[run.phase].image_size:  # progressive resizing
+            metrics["image_size"] = self._phase_preprocess(run.phase).size
         if self.val is not None:
             metrics |= self._validate() | self._validate_ema()
-        self.seconds += time.perf_counter() - started
+        self.seconds += time.perf_counter() - prepared
         self.epoch += 1
         self.history.append(metrics)
         self._track_best(metrics, index)
@@ -234,10 +249,13 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
             self._judge_run(index, metrics)
         return metrics
 
-    def _train_epoch(self, phase: int, bar) -> float:
+    def _train_epoch(self, phase: int, bar, source: PhaseSource | None) -> float:
         self.model.train()
         apply_phase(self.model, self.timeline.phase(self.epoch), freeze_bn=self.opts.freeze_bn)
-        net = self.wrapper.network(phase)
+        net, views = self.wrapper.network(phase), None
+        preprocess = self._phase_preprocess(phase)  # its own input size when progressive
+        if source is not None:  # the frozen part's output, computed once: only the top trains
+            net, views = source.top, self._view_draws()
         # Order and augmentation depend on (seed, epoch, rank) only: a resumed epoch repeats them.
         self.sampler.set_epoch(self.epoch)
         order = torch.tensor(list(self.sampler))
@@ -245,15 +263,11 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
         generator = torch.Generator().manual_seed(int(mixed.generate_state(1)[0]))
         if self.step:  # resuming a stopped epoch: its order is the same, its draws go on
             generator.set_state(self.epoch_generator)
-        images, labels = self.train
         batch, total, first = self.rank_batch, self.partial_loss, self.step
         for step in range(first, self.steps):
             idx = order[step * batch : (step + 1) * batch]
-            x = training_batch(
-                images[idx].to(self.device), self.model.preprocess, augment=self.opts.augment,
-                max_shift=self.opts.max_shift, generator=generator,
-            )  # fmt: skip
-            total += self._step(net, x, labels[idx].to(self.device), step)
+            x, y = self._training_batch(idx, source, views, generator, preprocess)
+            total += self._step(net, x, y, step)
             bar.update(len(idx) * self.world.size)
             mean = total / (step + 1)
             bar.set_postfix(phase=f"{phase + 1}/{len(self.timeline.phases)}", loss=f"{mean:.4f}")
@@ -344,6 +358,7 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR):
             model, self.history, self.best_epoch, self.best, self.seconds,
             resumed_from=resumed, checkpoints=series, precision=self.precision.name,
             epochs=self.epoch, rollbacks=self.rollbacks, lr_finds=self.lr_finds,
+            activation_cache=list(self.activation_plans.values()),
         )  # fmt: skip
 
 

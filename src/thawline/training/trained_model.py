@@ -104,6 +104,8 @@ def _train_and_save(cfg, model, opts, folder, record, *, checkpoints, on_epoch_e
     record = record | {
         "trained": True,
         "precision": result.precision,
+        "precision_choice": result.precision_choice,
+        "activation_cache": result.activation_cache,
         "image_size": result.model.preprocess.size,
         "processes": world.size,
         "best_epoch": result.best_epoch,  # 0: the starting model was never beaten

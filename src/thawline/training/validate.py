@@ -13,10 +13,16 @@ from thawline.progress import progress_bar
 
 FP32 = Precision(None)
 
+PREDICT_BATCH = 256  # images per forward pass when scoring a split
+
 
 @torch.inference_mode()
 def predict_logits(
-    model: Classifier, images: torch.Tensor, *, batch_size: int = 256, precision: Precision = FP32
+    model: Classifier,
+    images: torch.Tensor,
+    *,
+    batch_size: int = PREDICT_BATCH,
+    precision: Precision = FP32,
 ) -> torch.Tensor:
     """float32 logits of ``model`` (in eval mode, on its device) for uint8 images, on the CPU."""
     model.eval()
@@ -34,7 +40,7 @@ def logits_and_tta(
     images: torch.Tensor,
     kind: str,
     *,
-    batch_size: int = 256,
+    batch_size: int = PREDICT_BATCH,
     precision: Precision = FP32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`predict_logits`'s logits and the softmax averaged over the TTA views of ``kind``

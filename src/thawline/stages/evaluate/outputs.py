@@ -13,7 +13,7 @@ import torch
 
 from thawline.config import Config
 from thawline.data.store import PreparedStore
-from thawline.devices import resolve_device, resolve_precision
+from thawline.devices import resolve_device
 from thawline.errors import EvaluationError
 from thawline.evaluation.temperature import TemperatureFit, fit_temperature, no_fit
 from thawline.evaluation.tfidf import BASELINE, tfidf_svm
@@ -21,11 +21,12 @@ from thawline.features.assemble import check_head
 from thawline.features.cache import FeatureCache
 from thawline.files import sha256_file
 from thawline.models.storage import head_files, load_head
+from thawline.precision_choice import choose_precision
 from thawline.stage_table import MODELS, trained_by
 from thawline.training.records import read_record
 from thawline.training.strategy import probe_accuracy
 from thawline.training.trained_model import load_trained
-from thawline.training.validate import logits_and_tta, predict_logits
+from thawline.training.validate import PREDICT_BATCH, logits_and_tta, predict_logits
 
 log = logging.getLogger(__name__)
 HEAD_ONLY = MODELS[0]  # the probe: the head on cached features
@@ -127,7 +128,9 @@ def trained_on_images(
     the evaluated split)."""
     model = load_trained(folder, record)
     device = resolve_device("auto")
-    precision = resolve_precision("auto", device, model.preprocess.size)
+    precision = choose_precision(
+        "auto", device, model, batch=PREDICT_BATCH, training=False, key="evaluate"
+    ).precision
     data = store.load(split or cfg.evaluate.split)
     model, tta = model.to(device), None
     if split is None and cfg.evaluate.tta != "none" and model.modality == "image":

@@ -1,0 +1,96 @@
+"""A thaw phase on cached boundary activations against the same phase live, in one run.
+
+    .venv/bin/python bench/activation_cache.py [--per-class 500] [--groups 2] [--epochs 3]
+                                               [--size 64]
+
+Fashion-MNIST (``--per-class`` images of each class from the train file, 10 % carved off as
+val, and as many from the test file), the packaged Lite0 and the default params otherwise:
+prepare -> extract -> train_head once, then the same fine-tune phase (the top ``--groups`` of
+the 8 layer groups unfrozen, ``--epochs`` epochs at ``--size`` px, batch 64, flip + shift
+augmentation) from the same probe and seed, three times: ``activation_cache: never`` (the live
+phase), ``always`` (the frozen part's output computed once per view, 4 views) and ``auto``.
+Prints each one's training img/s (the mean over the phase's epochs), the cached / live ratio
+(target >= 3x), the stage's wall time (the cache's build included), the validation and test
+accuracy and their difference (target within 0.3 points), and what ``auto`` decided and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from finetune_lr_auto import test_accuracy  # bench/ is the script's folder: on sys.path
+
+from thawline.config import config_from_dict, load_config
+from thawline.files import read_json
+from thawline.precision_choice import cpu_model
+from thawline.stages import extract, finetune, prepare, train_head
+
+
+def project(base: Path, per_class: int, groups: int, epochs: int, size: int):
+    raw = load_config("params.yaml").model_dump(mode="json")
+    names = ("prepared", "features", "head", "finetune", "checkpoints", "stats")
+    raw["paths"] |= {name: str(base / name) for name in names}
+    raw["prepare"] |= {"limit_per_class": per_class}
+    raw["finetune"] |= {"strategy": "custom", "resume": False, "image_size": size,
+                        "phases": [{"groups": groups, "epochs": epochs, "lr": 0.001}]}  # fmt: skip
+    raw["tracking"] |= {"enabled": False}
+    return config_from_dict(raw)
+
+
+def speeds_into(speeds: list[float]):
+    """An epoch callback that keeps each trained epoch's images/s."""
+    return lambda epoch, metrics: epoch and speeds.append(metrics["images_per_second"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--per-class", type=int, default=500)
+    parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--size", type=int, default=64, help="finetune.image_size")
+    parser.add_argument("--modes", nargs="+", default=["never", "always", "auto"])
+    args = parser.parse_args()
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = project(Path(tmp), args.per_class, args.groups, args.epochs, args.size)
+        for stage in (prepare, extract, train_head):
+            stage.run(cfg, progress=False)
+        for mode in args.modes:
+            run = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(
+                update={"activation_cache": mode})})  # fmt: skip
+            speeds: list[float] = []
+            started = time.perf_counter()
+            result = finetune.run(run, progress=False, on_epoch_end=speeds_into(speeds))
+            seconds = time.perf_counter() - started
+            record = read_json(cfg.paths.finetune / "record.json")
+            speed = sum(speeds) / len(speeds)
+            test = test_accuracy(cfg, result.outputs["model"])
+            rows[mode] = (speed, seconds, record["best"]["val_accuracy"], test,
+                          record["activation_cache"])  # fmt: skip
+            losses = ", ".join(f"{r['train_loss']:.3f}/{r['val_accuracy']:.3f}"
+                               for r in record["history"][1:])  # fmt: skip
+            print(f"{mode}: train loss / val accuracy per epoch {losses}; best epoch "
+                  f"{record['best_epoch']}; rollbacks {record['rollbacks'] or 'none'}")  # fmt: skip
+    train = round(args.per_class * 10 * 0.9)
+    print(
+        f"{cpu_model()}; {train} training images, top {args.groups} of 8 groups, "
+        f"{args.epochs} epochs at {args.size} px"
+    )
+    print(f"{'activation_cache':>16}  {'img/s':>7}  {'stage s':>7}  {'val':>6}  {'test':>6}")
+    for mode, (speed, seconds, val, test, _) in rows.items():
+        print(f"{mode:>16}  {speed:7.0f}  {seconds:7.1f}  {val:.4f}  {test:.4f}")
+    if not {"never", "always", "auto"} <= rows.keys():
+        return
+    live, cached = rows["never"], rows["always"]
+    print(
+        f"cached / live img/s: {cached[0] / live[0]:.2f}x (target >= 3x); test accuracy "
+        f"{100 * (cached[3] - live[3]):+.2f} points (target within 0.3)"
+    )
+    print("auto decided:", rows["auto"][4][0].get("cached"), "-", rows["auto"][4][0].get("why"))
+
+
+if __name__ == "__main__":
+    main()

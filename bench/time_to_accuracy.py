@@ -1,0 +1,284 @@
+"""Time to accuracy: thawline against the tutorials' loop and fastai's ``fine_tune``, in one run.
+
+    .venv/bin/pip install -e '.[bench]'     # fastai 2.8, a bench-only extra
+    .venv/bin/python bench/time_to_accuracy.py                       # full: ~90 min on 2 cores
+    .venv/bin/python bench/time_to_accuracy.py --short               # ~20 min: a subset
+
+Same packaged EfficientNet-Lite0 weights, same Fashion-MNIST images (the prepared store), the
+same 64 px input, on the machine at hand. Each run's clock covers all its training work and
+stops while the test split is scored after each epoch (scoring is not training):
+
+1. ``naive``: the tutorials' loop: Lite0 + a linear head, every layer trainable, Adam 1e-4,
+   fp32, batch 64, no augmentation.
+2. ``fastai``: ``vision_learner`` on the same timm model with the packaged weights, fastai's
+   default transforms at 64 px (``Resize(64)``, ``aug_transforms()``, the model's
+   normalisation) and its default recipe: ``lr_find`` (valley) for ``base_lr``, then
+   ``fine_tune(epochs, base_lr)`` (one frozen epoch, then one-cycle).
+3. ``thawline``: extract (128 px, bf16) + train_head + the default fine-tune (``full``, one
+   epoch of every image at 64 px), as ``make run`` trains.
+4. ``thawline-fast``: the same start, then ``--fast-epochs`` full-thaw epochs, the first half
+   at 32 px (progressive resizing), the rest at 64 px.
+
+Prints, per run, the wall time to reach 0.92, 0.93 and 0.94 test accuracy and the accuracy
+reached within each budget (``--budgets`` minutes), writes them to ``--json`` and plots test
+accuracy against wall time, all runs on one chart (``--plot``, default docs/time_to_accuracy.png).
+``--short`` takes 1,000 training images per class, 500 test images per class, budgets of 2, 4
+and 8 minutes and fewer epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from thawline.config import FinetuneParams, config_from_dict, load_config
+from thawline.data.store import load_split
+from thawline.models.backbone import create_backbone
+from thawline.precision_choice import cpu_model
+from thawline.stages import extract, finetune, prepare, train_head
+from thawline.training.strategy import resolve_strategy
+from thawline.training.thaw_loop import fine_tune
+from thawline.training.trained_model import load_training_data
+from thawline.training.validate import predict_logits
+
+THRESHOLDS = (0.92, 0.93, 0.94)
+RUNS = ("naive", "fastai", "thawline", "thawline-fast")
+SIZE = 64
+
+
+class Clock:
+    """Wall time of training only: paused while the test split is scored."""
+
+    def __init__(self):
+        self.started, self.paused = time.perf_counter(), 0.0
+        self.points: list[tuple[float, float]] = []  # (training seconds, test accuracy)
+
+    def score(self, accuracy_fn) -> None:
+        now = time.perf_counter()
+        accuracy = accuracy_fn()
+        self.points.append((now - self.started - self.paused, accuracy))
+        self.paused += time.perf_counter() - now
+        print(f"  {self.points[-1][0]:7.1f} s  test {accuracy:.4f}", flush=True)
+
+
+def project(base: Path, per_class: int | None, test_per_class: int | None):
+    raw = load_config("params.yaml").model_dump(mode="json")
+    names = ("prepared", "features", "head", "finetune", "checkpoints", "stats")
+    raw["paths"] |= {name: str(base / name) for name in names}
+    raw["prepare"] |= {"limit_per_class": per_class}
+    raw["tracking"] |= {"enabled": False}
+    cfg = config_from_dict(raw)
+    prepare.run(cfg, progress=False)
+    test = load_split(cfg.paths.prepared, "test")
+    if test_per_class:  # the same images for every run
+        keep = np.concatenate([np.flatnonzero(test.labels.numpy() == c)[:test_per_class]
+                               for c in range(10)])  # fmt: skip
+        return cfg, (test.images[keep], test.labels[keep])
+    return cfg, (test.images, test.labels)
+
+
+def naive(cfg, test, epochs: int) -> Clock:
+    """The tutorials' loop (see the module docstring)."""
+    import torchvision.transforms.v2 as T
+
+    backbone = create_backbone(cfg.backbone)
+    model = backbone.model
+    model.reset_classifier(10)
+    mean, std = backbone.data_config["mean"], backbone.data_config["std"]
+    prep = T.Compose([T.Resize(SIZE, antialias=True), T.ToDtype(torch.float32, scale=True),
+                      T.Normalize(mean, std)])  # fmt: skip
+    (images, labels), _ = load_training_data(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def accuracy() -> float:
+        model.eval()
+        with torch.no_grad():
+            preds = torch.cat([model(prep(x)).argmax(1) for x in test[0].split(256)])
+        model.train()
+        return (preds == test[1]).float().mean().item()
+
+    clock = Clock()
+    for _ in range(epochs):
+        order = torch.randperm(len(labels))
+        for start in range(0, len(order) - 63, 64):
+            idx = order[start : start + 64]
+            loss = nn.functional.cross_entropy(model(prep(images[idx])), labels[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        clock.score(accuracy)
+    return clock
+
+
+def fastai_run(cfg, test, epochs: int) -> Clock:
+    """fastai 2.8's vision_learner + lr_find + fine_tune (see the module docstring)."""
+    from fastai.vision.all import (
+        Callback,
+        CategoryBlock,
+        DataBlock,
+        ImageBlock,
+        IndexSplitter,
+        Normalize,
+        PILImage,
+        Resize,
+        accuracy,
+        aug_transforms,
+        vision_learner,
+    )  # fmt: skip
+
+    store = load_split(cfg.paths.prepared, "train")
+    val = load_split(cfg.paths.prepared, "val")
+    # One array, so that test_dl's items go through the same get_x (test rows come last).
+    images = torch.cat([store.images, val.images, test[0]]).permute(0, 2, 3, 1).numpy()
+    labels = torch.cat([store.labels, val.labels]).numpy()
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock), get_items=lambda _: list(range(len(labels))),
+        get_x=lambda i: PILImage.create(images[i]), get_y=lambda i: int(labels[i]),
+        splitter=IndexSplitter(list(range(len(store.labels), len(labels)))),
+        item_tfms=Resize(SIZE), batch_tfms=aug_transforms(),
+    )  # fmt: skip
+    dls = block.dataloaders(None, bs=64)
+    backbone = create_backbone(cfg.backbone)  # the packaged weights, as thawline loads them
+    learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=False, normalize=False,
+                           metrics=accuracy)  # fmt: skip
+    missing = learn.model[0].model.load_state_dict(backbone.model.state_dict(), strict=False)
+    assert not missing.missing_keys, missing.missing_keys
+    dls.add_tfms([Normalize.from_stats(backbone.data_config["mean"],
+                                       backbone.data_config["std"])], "after_batch")  # fmt: skip
+    learn.freeze()  # what vision_learner does for pretrained weights
+    test_dl = dls.test_dl(list(range(len(labels), len(images))))
+    clock = Clock()
+
+    def test_accuracy() -> float:
+        learn.model.eval()
+        with torch.no_grad():
+            preds = torch.cat([learn.model(xb).argmax(1).cpu() for (xb,) in test_dl])
+        learn.model.train()
+        return (preds == test[1]).float().mean().item()
+
+    class ScoreTest(Callback):
+        order = 100  # after the Recorder
+
+        def after_epoch(self):
+            clock.score(test_accuracy)
+
+    base_lr = learn.lr_find(show_plot=False).valley
+    print(f"  fastai lr_find valley: {base_lr:.2e}")
+    learn.fine_tune(epochs, base_lr, cbs=[ScoreTest()])
+    return clock
+
+
+def thawline_run(cfg, test, phases: list[dict] | None) -> Clock:
+    """extract + train_head + a fine-tune (the default, or ``phases``), as the stages run."""
+    clock = Clock()
+    extract.run(cfg, progress=False)
+    train_head.run(cfg, progress=False)
+    opts = cfg.finetune
+    if phases is not None:  # validated like params.yaml
+        opts = FinetuneParams(**opts.model_dump() | {"strategy": "custom", "phases": phases})
+    else:
+        opts = opts.model_copy(update={"strategy": resolve_strategy(cfg).strategy})
+    start = finetune.starting_point(cfg, opts, progress=False)
+    model = start.model
+
+    def accuracy() -> float:
+        logits = predict_logits(model, test[0])
+        model.train()
+        return (logits.argmax(1) == test[1]).float().mean().item()
+
+    clock.score(accuracy)  # the probe at the fine-tune's size: where the thaw starts
+    train, val = load_training_data(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        fine_tune(model, train, val, opts.model_copy(update={"resume": False}), cfg.seed,
+                  checkpoint_dir=tmp, progress=False,
+                  on_epoch_end=lambda epoch, metrics: epoch and clock.score(accuracy))  # fmt: skip
+    return clock
+
+
+def summary(points: list[tuple[float, float]], budgets: list[float]) -> dict:
+    reach = {f"{t:.2f}": next((s for s, a in points if a >= t), None) for t in THRESHOLDS}
+    within = {f"{b:g} min": max((a for s, a in points if s <= 60 * b), default=None)
+              for b in budgets}  # fmt: skip
+    return {"seconds_to": reach, "accuracy_within": within, "points": points}
+
+
+def plot(results: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, result in results.items():
+        seconds, accuracy = zip(*result["points"], strict=True)
+        ax.plot([s / 60 for s in seconds], accuracy, marker="o", label=name)
+    for t in THRESHOLDS:
+        ax.axhline(t, color="grey", lw=0.5, ls=":")
+    ax.set(xlabel="training wall time (minutes)", ylabel="test accuracy")
+    ax.set_title(title, fontsize=9)
+    lowest = min(a for r in results.values() for _, a in r["points"])
+    ax.set_ylim(min(0.8, lowest - 0.02), 0.96)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--short", action="store_true", help="a subset: about 20 minutes")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS))
+    parser.add_argument("--budgets", type=float, nargs="+", help="minutes (default 5 10 20)")
+    parser.add_argument("--epochs", type=int, help="naive and fastai epochs (default 4; short 3)")
+    parser.add_argument("--fast-epochs", type=int, help="thawline-fast epochs (default 6; short 4)")
+    parser.add_argument("--per-class", type=int, help="training images per class (a subset)")
+    parser.add_argument("--test-per-class", type=int, help="test images per class (a subset)")
+    parser.add_argument("--json", type=Path, default=Path("reports/time_to_accuracy.json"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/time_to_accuracy.png"))
+    args = parser.parse_args()
+    per_class, test_per_class = (1000, 500) if args.short else (None, None)
+    per_class, test_per_class = args.per_class or per_class, args.test_per_class or test_per_class
+    budgets = args.budgets or ([2, 4, 8] if args.short else [5, 10, 20])
+    epochs = args.epochs or (3 if args.short else 4)
+    fast_epochs = args.fast_epochs or (4 if args.short else 6)
+    small = fast_epochs // 2
+    fast = [{"groups": -1, "epochs": small, "lr": 0.001, "image_size": 32},
+            {"groups": -1, "epochs": fast_epochs - small, "lr": 0.001}]  # fmt: skip
+    results = {}
+    for name in args.runs:
+        print(f"{name}:", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg, test = project(Path(tmp), per_class, test_per_class)
+            if name == "naive":
+                clock = naive(cfg, test, epochs)
+            elif name == "fastai":
+                clock = fastai_run(cfg, test, epochs)
+            else:
+                clock = thawline_run(cfg, test, fast if name == "thawline-fast" else None)
+        results[name] = summary(clock.points, budgets)
+    threads = torch.get_num_threads()
+    title = f"Fashion-MNIST, {len(test[1])} test images; {cpu_model()}, {threads} threads"
+    print(title)
+    print(f"{'run':>14}  " + "  ".join(f"to {t:.2f}" for t in THRESHOLDS) + "  "
+          + "  ".join(f"{b:>6g} min" for b in budgets))  # fmt: skip
+    for name, result in results.items():
+        reach = [result["seconds_to"][f"{t:.2f}"] for t in THRESHOLDS]
+        within = [result["accuracy_within"][f"{b:g} min"] for b in budgets]
+        cells = ["      -" if s is None else f"{s:6.0f}s" for s in reach]
+        cells += ["         -" if a is None else f"{a:10.4f}" for a in within]
+        print(f"{name:>14}  " + "  ".join(cells))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"title": title, "runs": results}, indent=1))
+    plot(results, args.plot, title)
+    print(f"wrote {args.json} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Thaw phases on cached boundary activations (finetune.activation_cache): the same loss and
+gradients as the live frozen part, a store rebuilt exactly when its inputs change, an exact
+resume, and a decision recorded with its numbers. Tiny Lite0 (random init) at 32 px."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tests.finetune_support import OPTS, Stop, comparable, run, same_weights, tiny_model
+from thawline.config import FinetuneParams
+from thawline.devices import Precision
+from thawline.training.activation_cache import (
+    STORE_DTYPE,
+    Cut,
+    TopNetwork,
+    bottom_forward,
+    cut_for,
+    decide,
+    fingerprint,
+    measure,
+)
+from thawline.training.batches import training_batch
+from thawline.training.phases import Phase
+from thawline.training.unfreeze import apply_phase
+
+CACHED = {
+    "phases": [{"groups": 2, "epochs": 2, "lr": 3e-3}, {"groups": -1, "epochs": 1, "lr": 1e-3}],
+    "activation_cache": "always",
+    "activation_views": 3,
+}
+
+
+def test_the_top_on_cached_activations_matches_the_live_model(finetune_data):
+    (images, labels), _ = finetune_data
+    model = tiny_model().train()
+    apply_phase(model, Phase(2, 1, 1e-3), freeze_bn=True)
+    cut = cut_for(model, 2)
+    assert isinstance(cut, Cut) and cut.boundary == "blocks.5"  # the top 2 of 8 groups train
+    x = training_batch(images[:16], model.preprocess, augment=True, max_shift=2,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    y, loss_fn = labels[:16], nn.CrossEntropyLoss()
+
+    def loss_and_grads(forward):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(forward(), y)
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()
+                             if p.grad is not None}  # fmt: skip
+
+    live_loss, live_grads = loss_and_grads(lambda: model.network(x))
+    with torch.no_grad():
+        h = bottom_forward(cut, x)
+    top = TopNetwork(model, cut.top)
+    cached_loss, cached_grads = loss_and_grads(lambda: top(h))
+    assert cached_grads.keys() == live_grads.keys()  # the same parameters learn...
+    assert cached_loss == pytest.approx(live_loss, abs=1e-5)  # ...from the same loss
+    for name, grad in live_grads.items():
+        torch.testing.assert_close(cached_grads[name], grad, rtol=1e-4, atol=1e-6)
+    # Stored in float16, within that type's rounding.
+    stored_loss, _ = loss_and_grads(lambda: top(h.to(STORE_DTYPE).float()))
+    assert stored_loss == pytest.approx(live_loss, rel=1e-2)
+
+
+def test_a_cached_phase_trains_records_its_decision_and_resumes_exactly(finetune_data, tmp_path):
+    whole = run(finetune_data, tmp_path / "straight", **CACHED)
+    plans = whole.activation_cache
+    assert [p["cached"] for p in plans] == [True, False]
+    assert plans[0]["boundary"] == "blocks.5" and plans[0]["why"] == "activation_cache: always"
+    assert "no frozen stage" in plans[1]["why"]  # every group thawed: nothing to cache
+    assert whole.history[2]["train_loss"] < whole.history[1]["train_loss"] * 1.5
+    stores = list((tmp_path / "straight" / ".activations").iterdir())
+    assert len(stores) == 1 and len(list(stores[0].glob("view-*.safetensors"))) == 3
+
+    with pytest.raises(Stop):  # stopped inside the cached phase, after its first epoch
+        run(finetune_data, tmp_path / "stopped", stop_after=1, **CACHED)
+    resumed = run(finetune_data, tmp_path / "stopped", **CACHED)
+    assert resumed.resumed_from == 1
+    assert comparable(resumed.history) == comparable(whole.history)
+    same_weights(whole.model, resumed.model)
+
+    live = run(finetune_data, tmp_path / "live", **CACHED | {"activation_cache": "never"})
+    assert [p["cached"] for p in live.activation_cache] == [False, False]
+    assert not (tmp_path / "live" / ".activations").exists()
+
+
+def test_the_store_is_keyed_by_its_inputs(finetune_data):
+    (images, _), _ = finetune_data
+    opts, precision = FinetuneParams(**OPTS | CACHED), Precision(None)
+    model = tiny_model()
+    digest = fingerprint(cut_for(model, 2), model.preprocess, images, opts, 7, precision)
+    assert fingerprint(cut_for(model, 2), model.preprocess, images, opts, 7, precision) == digest
+    assert (
+        fingerprint(cut_for(model, 3), model.preprocess, images, opts, 7, precision) != digest
+    )  # boundary
+    other = tiny_model()
+    with torch.no_grad():
+        other.features.backbone.model.conv_stem.weight.mul_(1.01)  # frozen weights changed
+    assert fingerprint(cut_for(other, 2), other.preprocess, images, opts, 7, precision) != digest
+    top_changed = tiny_model()
+    with torch.no_grad():
+        top_changed.head.net[1].weight.mul_(2)  # a trainable part: the store still holds
+    assert (
+        fingerprint(cut_for(top_changed, 2), top_changed.preprocess, images, opts, 7, precision)
+        == digest
+    )
+    assert (
+        fingerprint(cut_for(model, 2), model.preprocess, images[1:], opts, 7, precision) != digest
+    )
+
+
+def test_auto_measures_decides_and_leaves_short_phases_live(finetune_data, tmp_path):
+    (images, labels), _ = finetune_data
+    model = tiny_model()
+    timed = measure(model, 2, model.preprocess, images, labels, 16, Precision(None),
+                    torch.device("cpu"), True)  # fmt: skip
+    assert {"live", "frozen", "top", "bytes_per_image"} <= timed.keys()
+    assert timed["top"] < timed["live"]  # the top alone is cheaper than the whole
+    assert timed["bytes_per_image"] == 112 * 2 * 2 * 2  # blocks.4's output at 32 px, float16
+    slow_live = timed | {"live": 10 * timed["live"]}
+    assert decide(slow_live, 1000, 10, 4, 4.0)[0]
+    assert not decide(timed | {"top": timed["live"]}, 1000, 10, 4, 4.0)[0]  # nothing saved
+    paid, why = decide(slow_live, 1000, 10, 4, 1e-9)
+    assert not paid and "over activation_cache_gb" in why
+    # The tiny run's phases are a few steps: live, with the reason, and no measurement.
+    result = run(finetune_data, tmp_path, **CACHED | {"activation_cache": "auto"})
+    assert "too short" in result.activation_cache[0]["why"]
+    assert "seconds_per_image" not in result.activation_cache[0]
