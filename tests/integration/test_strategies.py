@@ -13,13 +13,16 @@ import torch
 
 from tests.conftest import small_config
 from thawline.data.store import load_split
+from thawline.devices import autocast
 from thawline.evaluation import EvaluationError
 from thawline.files import read_json, sha256_file
 from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.models.storage import load_classifier
+from thawline.precision_choice import choose_precision
 from thawline.reporting.html import write_report
 from thawline.reporting.results import read_results, strategy_folders
 from thawline.stages import evaluate, extract, finetune, prepare, register, scratch, train_head
+from thawline.training.validate import PREDICT_BATCH
 
 ONE_EPOCH = {"strategy": "full", "epochs_per_phase": 1, "batch_size": 32, "image_size": 32,
              "precision": "fp32", "device": "cpu"}  # fmt: skip
@@ -75,10 +78,14 @@ def test_tta_is_scored_beside_the_plain_accuracy_of_models_trained_on_images(tra
     assert "head_only_tta_accuracy" not in result.metrics  # cached features: the plain view only
     # The same figure computed by hand: softmax of the image and of its mirror, averaged (on
     # this data and seed 0.150 against 0.155 plain: the mirror changes an answer).
+    # In the precision evaluate measured as the faster on this CPU (the cached answer).
     model = load_classifier(trained.paths.finetune / "model")
     test = load_split(trained.paths.prepared, "test")
-    with torch.inference_mode():
-        probs = sum(torch.softmax(model(x), dim=1) for x in (test.images, test.images.flip(-1)))
+    cpu = torch.device("cpu")
+    precision = choose_precision("auto", cpu, model, batch=PREDICT_BATCH, training=False).precision
+    with torch.inference_mode(), autocast(cpu, precision):
+        probs = sum(torch.softmax(model(x).float(), dim=1)
+                    for x in (test.images, test.images.flip(-1)))  # fmt: skip
     by_hand = (probs.argmax(1) == test.labels).float().mean().item()
     assert result.metrics["finetuned_tta_accuracy"] == pytest.approx(by_hand)
     plain = replace_section(trained, "evaluate", tta="none", model="finetuned")
