@@ -176,7 +176,7 @@ class ScratchParams(Section):
     and accuracy compare. It is a baseline: evaluated and reported, never registered."""
 
     # Off by default: it costs as much as the fine-tune (half the default run's time); `make
-    # scratch` runs it as a DVC experiment and the report and summary add its row.
+    # scratch` turns it on and reruns scratch onward; the report and summary add its row.
     enabled: bool = False
     lr: float = Field(default=1e-3, gt=0, le=10)  # one LR for every group (nothing to preserve)
     epochs: int | None = Field(default=None, gt=0)  # null: the fine-tune's epochs (same budget)
