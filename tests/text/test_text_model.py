@@ -90,3 +90,32 @@ def test_an_uncached_hub_name_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsError, match="not in the local cache.*backbone.weights: packaged"):
         create_backbone(BackboneParams(name="hf:nobody/no-such-model", weights="imagenet"))
+
+
+def test_attention_dropout_reaches_the_attention_and_nothing_else(minilm):
+    """finetune.attention_dropout sets the dropout BERT passes to scaled_dot_product_attention:
+    in training mode, with the other dropouts off too, two passes agree only at 0."""
+    import copy
+
+    from thawline.training.unfreeze import set_attention_dropout
+
+    model = copy.deepcopy(minilm.model).train()
+    assert set_attention_dropout(model, 0.0) == 6  # one per encoder layer
+    drops = {n: m.p for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    assert {n for n, p in drops.items() if p == 0.0} == {
+        f"encoder.layer.{i}.attention.self.dropout" for i in range(6)
+    }
+    assert all(p == 0.1 for n, p in drops.items() if "attention.self" not in n)  # the model's own
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    ids = torch.randint(1000, 5000, (2, 24))
+
+    def twice():
+        with torch.no_grad():
+            return [model(input_ids=ids).last_hidden_state for _ in range(2)]
+
+    assert torch.equal(*twice())
+    set_attention_dropout(model, 0.5)
+    assert not torch.equal(*twice())

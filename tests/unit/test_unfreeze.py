@@ -23,6 +23,7 @@ from thawline.training.unfreeze import (
     bn_running_stats,
     layer_names,
     param_groups,
+    set_attention_dropout,
     unfrozen_groups,
 )
 
@@ -199,3 +200,12 @@ def test_freeze_bn_keeps_every_batchnorm_in_eval(model):
     model.train()
     apply_phase(model, Phase(len(layer_names(model)), 1, 1e-3))
     assert all(m.training for m in bns)
+
+
+def test_attention_dropout_reaches_timm_vits_and_leaves_cnns_alone(model):
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, attn_drop_rate=0.1)
+    assert set_attention_dropout(vit, 0.0) == len(vit.blocks)
+    assert all(block.attn.attn_drop.p == 0.0 for block in vit.blocks)
+    assert set_attention_dropout(model, 0.0) == 0  # Lite0: no attention modules

@@ -73,6 +73,11 @@ class FinetuneParams(Section):
     lora_rank: int = Field(default=8, gt=0, le=256)
     lora_alpha: int = Field(default=16, gt=0)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    # Dropout on attention weights while training (BERT's attention_probs_dropout_prob is 0.1;
+    # timm's ViTs: attn_drop). Above 0, PyTorch's fused attention cannot run and a mask of
+    # batch x heads x tokens^2 is drawn in every layer: MiniLM trained 2.1-2.4x slower (Intel Xeon).
+    # null keeps the model's own. Models without attention (CNNs) are unaffected.
+    attention_dropout: float | None = Field(default=0.0, ge=0, lt=1)
     # presets only; auto: enough epochs that each phase sees phase_images images (one epoch of a
     # large set, several of a small one: 1,000 images at batch 64 are 15 steps an epoch).
     epochs_per_phase: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"

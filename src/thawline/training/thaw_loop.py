@@ -52,7 +52,14 @@ from thawline.training.phases import (
 )
 from thawline.training.replicas import PhaseWrapper, check_replicas
 from thawline.training.resumable import Resumable, remove_other_series
-from thawline.training.unfreeze import add_adapters, apply_phase, layer_names, param_groups, release
+from thawline.training.unfreeze import (
+    add_adapters,
+    apply_phase,
+    layer_names,
+    param_groups,
+    release,
+    set_attention_dropout,
+)
 from thawline.training.validate import metrics_from_sums, validation_sums
 
 log = logging.getLogger(__name__)
@@ -128,6 +135,10 @@ def fine_tune(
     precision = choice.precision
     if opts.thaw == "lora":
         add_adapters(model, opts)
+    if opts.attention_dropout is not None:
+        if count := set_attention_dropout(model.features.backbone.model, opts.attention_dropout):
+            log.info("%s: attention dropout %g in %d attention modules (finetune.attention_"
+                     "dropout)", label, opts.attention_dropout, count)  # fmt: skip
     with deterministic(opts.deterministic):
         trainer = _Trainer(model, train, val, opts, seed, device, precision, world)
         series = Path(checkpoint_dir) / trainer.plan_id()

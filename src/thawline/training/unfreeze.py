@@ -79,6 +79,24 @@ def release(model: Classifier) -> None:
         param.requires_grad_(True)
 
 
+def set_attention_dropout(model: nn.Module, p: float) -> int:
+    """Set the dropout on attention weights of every attention module in ``model`` to ``p``;
+    returns how many were set (0 for a CNN).
+
+    transformers' BERT family and DistilBERT keep it as the attention module's ``dropout`` and
+    pass its ``p`` to scaled_dot_product_attention in training; timm's ViTs as ``attn_drop``.
+    The dropouts after the projections and on the embeddings are the model's own and stay.
+    """
+    count = 0
+    for module in model.modules():
+        if "Attention" not in type(module).__name__:
+            continue
+        for attr in ("dropout", "attn_drop", "attention_dropout"):
+            if isinstance(drop := getattr(module, attr, None), nn.Dropout):
+                drop.p, count = p, count + 1
+    return count
+
+
 def bn_running_stats(module: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every BatchNorm's running mean/var (for checks that frozen BN did not move)."""
     return {
