@@ -135,10 +135,10 @@ def fine_tune(
     precision = choice.precision
     if opts.thaw == "lora":
         add_adapters(model, opts)
-    if opts.attention_dropout is not None:
-        if count := set_attention_dropout(model.features.backbone.model, opts.attention_dropout):
-            log.info("%s: attention dropout %g in %d attention modules (finetune.attention_"
-                     "dropout)", label, opts.attention_dropout, count)  # fmt: skip
+    backbone, dropout = model.features.backbone.model, opts.attention_dropout
+    if dropout is not None and (count := set_attention_dropout(backbone, dropout)):
+        log.info("%s: attention dropout %g in %d attention modules (finetune.attention_dropout)",
+                 label, dropout, count)  # fmt: skip
     with deterministic(opts.deterministic):
         trainer = _Trainer(model, train, val, opts, seed, device, precision, world)
         series = Path(checkpoint_dir) / trainer.plan_id()
