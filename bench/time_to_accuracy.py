@@ -16,8 +16,13 @@ stops while the test split is scored after each epoch (scoring is not training):
    ``fine_tune(epochs, base_lr)`` (one frozen epoch, then one-cycle).
 3. ``thawline``: extract (128 px, bf16) + train_head + the default fine-tune (``full``, one
    epoch of every image at 64 px), as ``make run`` trains.
-4. ``thawline-fast``: the same start, then ``--fast-epochs`` full-thaw epochs, the first half
+4. ``thawline-resize``: the same start, then ``--fast-epochs`` full-thaw epochs, the first half
    at 32 px (progressive resizing), the rest at 64 px.
+5. ``thawline-ema``, ``thawline-mixup`` and ``thawline-batchstats``: the default with one lever
+   on, timm's ``ModelEmaV3`` (``finetune.ema``), ``Mixup`` (``finetune.mixup_alpha: 0.2``) or
+   BatchNorm on batch statistics (``finetune.freeze_bn: false``), so the ``fast`` profile is
+   chosen from measurements. ``--thawline-epochs`` gives every thawline
+   run that many epochs instead of the default's ``epochs_per_phase: auto``.
 
 Prints, per run, the wall time to reach 0.92, 0.93 and 0.94 test accuracy and the accuracy
 reached within each budget (``--budgets`` minutes), writes them to ``--json`` and plots test
@@ -49,7 +54,12 @@ from thawline.training.trained_model import load_training_data
 from thawline.training.validate import predict_logits
 
 THRESHOLDS = (0.92, 0.93, 0.94)
-RUNS = ("naive", "fastai", "thawline", "thawline-fast")
+RUNS = ("naive", "fastai", "thawline", "thawline-resize")
+LEVERS = {  # on the default, one at a time
+    "thawline-ema": {"ema": True},
+    "thawline-mixup": {"mixup_alpha": 0.2},
+    "thawline-batchstats": {"freeze_bn": False},
+}
 SIZE = 64
 
 
@@ -59,6 +69,7 @@ class Clock:
     def __init__(self):
         self.started, self.paused = time.perf_counter(), 0.0
         self.points: list[tuple[float, float]] = []  # (training seconds, test accuracy)
+        self.kept: dict | None = None  # thawline: the weights the stage keeps, scored once
 
     def score(self, accuracy_fn) -> None:
         now = time.perf_counter()
@@ -175,16 +186,15 @@ def fastai_run(cfg, test, epochs: int) -> Clock:
     return clock
 
 
-def thawline_run(cfg, test, phases: list[dict] | None) -> Clock:
-    """extract + train_head + a fine-tune (the default, or ``phases``), as the stages run."""
+def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
+    """extract + train_head + a fine-tune (the default, or ``phases``; ``levers`` set on it),
+    as the stages run."""
     clock = Clock()
     extract.run(cfg, progress=False)
     train_head.run(cfg, progress=False)
-    opts = cfg.finetune
-    if phases is not None:  # validated like params.yaml
-        opts = FinetuneParams(**opts.model_dump() | {"strategy": "custom", "phases": phases})
-    else:
-        opts = opts.model_copy(update={"strategy": resolve_strategy(cfg).strategy})
+    strategy = {"strategy": "custom", "phases": phases} if phases is not None else {
+        "strategy": resolve_strategy(cfg).strategy}  # fmt: skip
+    opts = FinetuneParams(**cfg.finetune.model_dump() | strategy | levers)  # validated
     start = finetune.starting_point(cfg, opts, progress=False)
     model = start.model
 
@@ -195,10 +205,26 @@ def thawline_run(cfg, test, phases: list[dict] | None) -> Clock:
 
     clock.score(accuracy)  # the probe at the fine-tune's size: where the thaw starts
     train, val = load_training_data(cfg)
+
+    def epoch_end(epoch: int, metrics: dict) -> None:
+        if epoch:
+            ema = metrics.get("ema_val_accuracy")
+            print(f"  epoch {epoch}: val {metrics['val_accuracy']:.4f}"
+                  + (f", EMA val {ema:.4f}" if ema is not None else ""))  # fmt: skip
+            clock.score(accuracy)  # the raw weights
+
     with tempfile.TemporaryDirectory() as tmp:
-        fine_tune(model, train, val, opts.model_copy(update={"resume": False}), cfg.seed,
-                  checkpoint_dir=tmp, progress=False,
-                  on_epoch_end=lambda epoch, metrics: epoch and clock.score(accuracy))  # fmt: skip
+        result = fine_tune(model, train, val, opts.model_copy(update={"resume": False}),
+                           cfg.seed, checkpoint_dir=tmp, progress=False,
+                           on_epoch_end=epoch_end)  # fmt: skip
+    # What the stage keeps: the best epoch's weights (with EMA, raw or averaged: "weights").
+    model = result.model
+    clock.kept = {"epoch": result.best_epoch, "weights": result.best.get("weights", "raw"),
+                  "test": accuracy()}  # fmt: skip
+    print(
+        f"  kept: epoch {result.best_epoch} ({clock.kept['weights']} weights), "
+        f"test {clock.kept['test']:.4f}"
+    )
     return clock
 
 
@@ -234,10 +260,16 @@ def plot(results: dict, path: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--short", action="store_true", help="a subset: about 20 minutes")
-    parser.add_argument("--runs", nargs="+", default=list(RUNS))
     parser.add_argument("--budgets", type=float, nargs="+", help="minutes (default 5 10 20)")
     parser.add_argument("--epochs", type=int, help="naive and fastai epochs (default 4; short 3)")
-    parser.add_argument("--fast-epochs", type=int, help="thawline-fast epochs (default 6; short 4)")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS),
+                        choices=[*RUNS, *LEVERS])  # fmt: skip
+    parser.add_argument("--fast-epochs", type=int, help="resize epochs (default 6; short 4)")
+    parser.add_argument(
+        "--thawline-epochs",
+        type=int,
+        help="epochs of the default's full thaw (default: epochs_per_phase auto)",
+    )
     parser.add_argument("--per-class", type=int, help="training images per class (a subset)")
     parser.add_argument("--test-per-class", type=int, help="test images per class (a subset)")
     parser.add_argument("--json", type=Path, default=Path("reports/time_to_accuracy.json"))
@@ -261,8 +293,14 @@ def main() -> None:
             elif name == "fastai":
                 clock = fastai_run(cfg, test, epochs)
             else:
-                clock = thawline_run(cfg, test, fast if name == "thawline-fast" else None)
-        results[name] = summary(clock.points, budgets)
+                levers = LEVERS.get(name, {})
+                if args.thawline_epochs:
+                    levers = levers | {"epochs_per_phase": args.thawline_epochs}
+                phases = fast if name == "thawline-resize" else None
+                clock = thawline_run(cfg, test, phases, levers)
+        results[name] = summary(clock.points, budgets) | (
+            {"kept": clock.kept} if clock.kept else {}
+        )
     threads = torch.get_num_threads()
     title = f"Fashion-MNIST, {len(test[1])} test images; {cpu_model()}, {threads} threads"
     print(title)

@@ -3,6 +3,7 @@ params.yaml and the code state the same defaults; the keys a stage reads are rec
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,8 @@ def test_overrides_are_validated_like_the_file(tmp_path):
 
 
 def test_overrides_take_yaml_and_dvc_s_hydra_form_alike(tmp_path):
-    """The Makefile's `make full` profile, written for `dvc exp run -S`, works with thawline -S."""
+    """The Makefile's `fast` profile (`make full`), written for `dvc exp run -S`, works with
+    thawline -S."""
     hydra = "finetune.phases=[{groups:3,epochs:1,lr:0.001},{groups:-1,epochs:8,lr:0.001}]"
     spaced = (
         "finetune.phases=[{groups: 3, epochs: 1, lr: 0.001}, {groups: -1, epochs: 8, lr: 0.001}]"
@@ -58,6 +60,18 @@ def test_overrides_take_yaml_and_dvc_s_hydra_form_alike(tmp_path):
     assert one == two and one[1].groups == -1 and one[1].epochs == 8
     backbone = load_config(params, ["backbone={name:timm:resnet18,weights:none}"]).backbone
     assert backbone.name == "timm:resnet18" and backbone.weights == "none"
+
+
+def test_the_makefiles_fast_profile_is_a_valid_config():
+    """`make full`'s FAST_PROFILE, exactly as `dvc exp run -S` gets it, on the real params.yaml."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith("FAST_PROFILE :="))
+    words = shlex.split(line.split(":=", 1)[1])
+    overrides = [value for flag, value in zip(words[::2], words[1::2], strict=True) if flag == "-S"]
+    assert len(overrides) == len(words) // 2, words  # nothing but -S key=value pairs
+    finetune = load_config(REPO / "params.yaml", overrides).finetune
+    assert finetune.strategy == "custom" and finetune.ema
+    assert [(p.groups, p.epochs) for p in finetune.phases] == [(3, 1), (-1, 8)]
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
