@@ -16,9 +16,11 @@ stops while the test split is scored after each epoch (scoring is not training):
    ``fine_tune(epochs, base_lr)`` (one frozen epoch, then one-cycle).
 3. ``thawline``: extract (128 px, bf16) + train_head + the default fine-tune (``full``, one
    epoch of every image at 64 px), as ``make run`` trains.
-4. ``thawline-resize``: the same start, then ``--fast-epochs`` full-thaw epochs, the first half
+4. ``thawline-fast``: the same start, then the ``fast`` profile exactly as ``make full`` runs it
+   (the Makefile's ``FAST_PROFILE``: the top 3 groups for 1 epoch, all for 8, EMA on).
+5. ``thawline-resize``: the same start, then ``--fast-epochs`` full-thaw epochs, the first half
    at 32 px (progressive resizing), the rest at 64 px.
-5. ``thawline-ema``, ``thawline-mixup`` and ``thawline-batchstats``: the default with one lever
+6. ``thawline-ema``, ``thawline-mixup`` and ``thawline-batchstats``: the default with one lever
    on, timm's ``ModelEmaV3`` (``finetune.ema``), ``Mixup`` (``finetune.mixup_alpha: 0.2``) or
    BatchNorm on batch statistics (``finetune.freeze_bn: false``), so the ``fast`` profile is
    chosen from measurements. ``--thawline-epochs`` gives every thawline
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +57,7 @@ from thawline.training.trained_model import load_training_data
 from thawline.training.validate import predict_logits
 
 THRESHOLDS = (0.92, 0.93, 0.94)
-RUNS = ("naive", "fastai", "thawline", "thawline-resize")
+RUNS = ("naive", "fastai", "thawline", "thawline-fast", "thawline-resize")
 LEVERS = {  # on the default, one at a time
     "thawline-ema": {"ema": True},
     "thawline-mixup": {"mixup_alpha": 0.2},
@@ -186,6 +189,17 @@ def fastai_run(cfg, test, epochs: int) -> Clock:
     return clock
 
 
+def fast_profile() -> dict:
+    """The finetune keys ``make full``'s ``FAST_PROFILE`` changes (the Makefile holds it, for
+    ``dvc exp run -S``), validated on params.yaml."""
+    text = Path("Makefile").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith("FAST_PROFILE :="))
+    overrides = shlex.split(line.split(":=", 1)[1])[1::2]  # -S key=value: the values
+    fast = load_config("params.yaml", overrides).finetune.model_dump()
+    default = load_config("params.yaml").finetune.model_dump()
+    return {key: value for key, value in fast.items() if value != default[key]}
+
+
 def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
     """extract + train_head + a fine-tune (the default, or ``phases``; ``levers`` set on it),
     as the stages run."""
@@ -293,8 +307,8 @@ def main() -> None:
             elif name == "fastai":
                 clock = fastai_run(cfg, test, epochs)
             else:
-                levers = LEVERS.get(name, {})
-                if args.thawline_epochs:
+                levers = fast_profile() if name == "thawline-fast" else LEVERS.get(name, {})
+                if args.thawline_epochs and name != "thawline-fast":
                     levers = levers | {"epochs_per_phase": args.thawline_epochs}
                 phases = fast if name == "thawline-resize" else None
                 clock = thawline_run(cfg, test, phases, levers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -23,6 +24,15 @@ from thawline.config import Config, config_from_dict, dump_config
 from thawline.data.image_sources import DEBIAN_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def makefile_overrides(variable: str) -> list[str]:
+    """The ``-S key=value`` arguments a Makefile variable holds (``make full``'s FAST_PROFILE)."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    line = next(x for x in text.splitlines() if x.startswith(f"{variable} :="))
+    words = shlex.split(line.split(":=", 1)[1])
+    assert words[::2] == ["-S"] * (len(words) // 2), words  # nothing but -S key=value pairs
+    return words
 
 
 def pytest_collection_modifyitems(config, items):

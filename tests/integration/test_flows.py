@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import yaml
 import zc.lockfile
 from PIL import Image
 
-from tests.conftest import REPO, write_folder
+from tests.conftest import REPO, makefile_overrides, write_folder
 from tests.servers import VENV_BIN, background_server, free_port, server_env
 from thawline.config import load_config
 from thawline.stage_table import NAMES as STAGES
@@ -179,13 +178,6 @@ def test_push_then_a_fresh_clone_pulls_and_recomputes_nothing(project, tmp_path)
     assert (clone / "data" / "features" / "manifest.json").is_file(), pulled
     assert "Data and pipelines are up to date" in dvc(clone, "status")
     assert "Running stage" not in dvc(clone, "repro")
-
-
-def makefile_overrides(variable: str) -> list[str]:
-    """The ``-S key=value`` arguments a Makefile variable holds (``make full``'s profile)."""
-    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    line = next(x for x in text.splitlines() if x.startswith(f"{variable} :="))
-    return shlex.split(line.split(":=", 1)[1])
 
 
 def test_dvc_exp_run_reruns_only_what_its_param_reaches(project):

@@ -3,12 +3,10 @@ params.yaml and the code state the same defaults; the keys a stage reads are rec
 
 from __future__ import annotations
 
-import shlex
-from pathlib import Path
-
 import pytest
 import yaml
 
+from tests.conftest import REPO, makefile_overrides
 from thawline import cli
 from thawline.config import (
     Config,
@@ -19,8 +17,6 @@ from thawline.config import (
     load_config,
     record_reads,
 )
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_repo_params_file_is_valid():
@@ -64,11 +60,7 @@ def test_overrides_take_yaml_and_dvc_s_hydra_form_alike(tmp_path):
 
 def test_the_makefiles_fast_profile_is_a_valid_config():
     """`make full`'s FAST_PROFILE, exactly as `dvc exp run -S` gets it, on the real params.yaml."""
-    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    line = next(x for x in text.splitlines() if x.startswith("FAST_PROFILE :="))
-    words = shlex.split(line.split(":=", 1)[1])
-    overrides = [value for flag, value in zip(words[::2], words[1::2], strict=True) if flag == "-S"]
-    assert len(overrides) == len(words) // 2, words  # nothing but -S key=value pairs
+    overrides = makefile_overrides("FAST_PROFILE")[1::2]  # -S key=value: the values
     finetune = load_config(REPO / "params.yaml", overrides).finetune
     assert finetune.strategy == "custom" and finetune.ema
     assert [(p.groups, p.epochs) for p in finetune.phases] == [(3, 1), (-1, 8)]
