@@ -39,7 +39,7 @@ def project(base: Path, per_class: int, strategy: str):
 def test_accuracy(cfg, folder: Path) -> float:
     test = load_split(cfg.paths.prepared, "test")
     model = load_classifier(folder)
-    return metrics_from_sums(validation_sums(model, test.images, test.labels))["val_accuracy"]
+    return metrics_from_sums(validation_sums(model, test.inputs, test.labels))["val_accuracy"]
 
 
 def main() -> None:

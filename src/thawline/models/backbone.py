@@ -108,6 +108,14 @@ class Backbone(nn.Module):
             self._chain_ok = self._chain_matches(chain)
         return chain if self._chain_ok else None
 
+    def stage_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The model input as the chain's first state (channels-last, as ``network`` runs it)."""
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+    def stage_output(self, h: torch.Tensor) -> torch.Tensor:
+        """The chain's last state to pre-logits (timm's ``forward_head``)."""
+        return self.model.forward_head(h, pre_logits=True)
+
     def _chain_matches(self, chain: list[tuple[str, nn.Module]]) -> bool:
         if getattr(self.model, "grad_checkpointing", False):
             return False

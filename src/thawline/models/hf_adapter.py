@@ -58,6 +58,25 @@ class TextBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
 
+    def forward_stages(self) -> list[tuple[str, nn.Module]] | None:
+        """The encoder as a chain of stages on ``(hidden states, mask)`` (embeddings, then each
+        layer; :mod:`thawline.models.text_stages`), or None where that chain does not reproduce
+        ``forward_features`` (checked once). The activation cache of thaw phases cuts it."""
+        from thawline.models.text_stages import chain_matches, text_chain
+
+        chain = text_chain(self.model, self._layers)
+        if chain is not None and getattr(self, "_chain_ok", None) is None:
+            self._chain_ok = chain_matches(self, chain)
+        return chain if chain is not None and self._chain_ok else None
+
+    def stage_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model input ``[B, 2, L]`` as the chain's first state: token ids and mask."""
+        return x[:, 0].long(), x[:, 1].long()
+
+    def stage_output(self, state: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The chain's last state (the last hidden states and the mask), pooled."""
+        return self._pool(*state)
+
     def _pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return states[:, 0].float() if self.pooling == "cls" else _mean(states, mask)
 

@@ -15,6 +15,10 @@ kept in checkpoints (a resumed phase decides as it did). Stores are safetensors 
 view, under ``<checkpoints>/.activations/<fingerprint>``; the fingerprint covers the training
 images, the frozen part's weights, the boundary, the input size, the views and the precision,
 so a store is reused exactly when it would be rebuilt the same.
+
+Text backbones cut the same way (:mod:`thawline.models.text_stages`): the state at the boundary
+is the hidden states and the attention mask; one view is stored (text is never augmented), and
+the frozen layers run in eval mode, so a cached phase trains without dropout below the boundary.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ import copy
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn import functional as F
 
 from thawline.devices import autocast
 from thawline.files import save_tensors, sha256_json, tensors_sha256
@@ -52,12 +59,12 @@ class TopNetwork(nn.Module):
         super().__init__()
         self.classifier, self.stages = model, nn.ModuleList(stages)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = channels_last(h)
+    def forward(self, h: Any) -> torch.Tensor:
+        """``h``: the boundary state (image activations; text: hidden states and mask)."""
+        h = channels_last(h) if isinstance(h, torch.Tensor) else h
         for stage in self.stages:
             h = stage(h)
-        backbone = self.classifier.features.backbone.model
-        logits = self.classifier.head(pool(backbone.forward_head(h, pre_logits=True)))
+        logits = self.classifier.head(pool(self.classifier.features.backbone.stage_output(h)))
         temperature = self.classifier.temperature
         return logits if temperature == 1.0 else logits / temperature
 
@@ -69,12 +76,11 @@ class Cut:
     bottom: list[nn.Module]
     top: list[nn.Module]
     boundary: str  # the first stage of the top
+    enter: Callable[[torch.Tensor], Any]  # the model input as the chain's first state
 
 
 def cut_for(model: Classifier, groups: int) -> Cut | str:
     """The chain cut below the top ``groups`` layer groups, or why a phase cannot be cut."""
-    if is_text(model.preprocess):
-        return "text backbones run live (their chain needs the attention mask)"
     if model.features.layers:
         return "extract.layers hooks layers below the boundary"
     chain = model.features.backbone.forward_stages()
@@ -91,25 +97,40 @@ def cut_for(model: Classifier, groups: int) -> Cut | str:
     if first == 0:
         return "no frozen stage below the thawed groups"
     boundary = chain[first][0] if first < len(chain) else "the pooling"
-    return Cut([m for _, m in chain[:first]], [m for _, m in chain[first:]], boundary)
+    backbone = model.features.backbone
+    return Cut([m for _, m in chain[:first]], [m for _, m in chain[first:]], boundary,
+               backbone.stage_input)  # fmt: skip
 
 
-def bottom_forward(cut: Cut, x: torch.Tensor) -> torch.Tensor:
-    h = channels_last(x)
+def bottom_forward(cut: Cut, x: torch.Tensor) -> Any:
+    """The frozen part's output: activations, or for text ``(hidden states, mask)``."""
+    h = cut.enter(x)
     for stage in cut.bottom:
         h = stage(h)
     return h
 
 
+def view_count(opts, preprocess) -> int:
+    """Views stored per item: flipped and shifted copies for images, one for text."""
+    return opts.activation_views if opts.augment and preprocess.augmentable else 1
+
+
 @dataclass
 class ActivationStore:
-    """Every training image's boundary activations, ``views[k, i]``, in ``STORE_DTYPE``."""
+    """Every training item's boundary activations, ``views[k, i]``, in ``STORE_DTYPE`` (text:
+    hidden states at the training inputs' full length, and ``masks``, the inputs' own)."""
 
     views: torch.Tensor
     fingerprint: str
+    masks: torch.Tensor | None = None
 
-    def batch(self, rows: torch.Tensor, view: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return self.views[view, rows].to(device, torch.float32)
+    def batch(self, rows: torch.Tensor, view: torch.Tensor, device: torch.device) -> Any:
+        h = self.views[view, rows]
+        if self.masks is None:
+            return h.to(device, torch.float32)
+        mask = self.masks[rows]  # trimmed to the batch's longest document, as live batches are
+        longest = max(int(mask.sum(1).max()), 1)
+        return h[:, :longest].to(device, torch.float32), mask[:, :longest].to(device).long()
 
 
 def view_draws(count: int, views: int, seed: int, epoch: int, rank: int) -> torch.Tensor:
@@ -130,7 +151,7 @@ def fingerprint(
         "frozen": tensors_sha256(frozen),
         "boundary": cut.boundary,
         "size": preprocess.size,
-        "views": opts.activation_views if opts.augment else 1,
+        "views": view_count(opts, preprocess),
         "max_shift": opts.max_shift,
         "seed": seed,
         "precision": precision.name,
@@ -144,31 +165,34 @@ def build_store(
     device: torch.device, folder: Path, digest: str,
 ) -> ActivationStore:  # fmt: skip
     """Load the store of ``digest`` from ``folder``, or compute and write it."""
-    views = opts.activation_views if opts.augment else 1
+    views = view_count(opts, preprocess)
     files = [folder / digest / f"view-{k}.safetensors" for k in range(views)]
+    masks = images[:, 1].to(torch.uint8) if is_text(preprocess) else None
     if all(f.is_file() for f in files):
         log.info("finetune: reusing the boundary activations in %s", folder / digest)
-        return ActivationStore(torch.stack([load_file(f)["h"] for f in files]), digest)
+        return ActivationStore(torch.stack([load_file(f)["h"] for f in files]), digest, masks)
     started = time.perf_counter()
-    modes = [stage.training for stage in cut.bottom]
+    # Every module's own mode, restored afterwards (a text chain's stages wrap the layers).
+    modes = {m: m.training for stage in cut.bottom for m in stage.modules()}
     for stage in cut.bottom:  # as in training: frozen BatchNorm on its running statistics
         stage.eval()
     try:
         out = _compute(cut, preprocess, images, opts, seed, precision, device, views)
     finally:
-        for stage, mode in zip(cut.bottom, modes, strict=True):
-            stage.train(mode)
+        for module, mode in modes.items():
+            module.training = mode
     for k, path in enumerate(files):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(path, {"h": out[k]}, {"boundary": cut.boundary, "view": str(k)})
     log.info("finetune: boundary activations at %s (%s per image) of %d images x %d views "
              "computed in %.1f s: %s", cut.boundary, tuple(out.shape[2:]), len(images), views,
              time.perf_counter() - started, folder / digest)  # fmt: skip
-    return ActivationStore(out, digest)
+    return ActivationStore(out, digest, masks)
 
 
 def _compute(cut, preprocess, images, opts, seed, precision, device, views: int) -> torch.Tensor:
-    """``[views, N, C, H, W]``: view 0 plain, view k flipped and shifted as training draws."""
+    """``[views, N, C, H, W]``: view 0 plain, view k flipped and shifted as training draws
+    (text: ``[1, N, L, D]``, every document's hidden states padded to the inputs' length)."""
     batch, out = 256, None
     for k in range(views):
         generator = torch.Generator().manual_seed(seed * 7919 + k)
@@ -178,12 +202,21 @@ def _compute(cut, preprocess, images, opts, seed, precision, device, views: int)
                 max_shift=opts.max_shift, generator=generator,
             )  # fmt: skip
             with autocast(device, precision):
-                h = bottom_forward(cut, x).to("cpu", STORE_DTYPE)
+                h = _stored(bottom_forward(cut, x), images.shape[-1]).to("cpu", STORE_DTYPE)
             if out is None:
                 out = torch.empty((views, len(images), *h.shape[1:]), dtype=STORE_DTYPE)
             out[k, start : start + len(h)] = h
     assert out is not None
     return out
+
+
+def _stored(state: Any, length: int) -> torch.Tensor:
+    """What the store keeps of a boundary state: image activations as they are; a text
+    batch's hidden states (trimmed to its longest document) padded back to ``length``."""
+    if isinstance(state, torch.Tensor):
+        return state
+    hidden = state[0]
+    return F.pad(hidden, (0, 0, 0, length - hidden.shape[1]))
 
 
 def prune_stores(folder: Path, keep: set[str]) -> None:
@@ -218,7 +251,7 @@ def measure(
             with torch.inference_mode(), autocast(device, precision):
                 return bottom_forward(cut, x)
 
-        h = frozen().clone()
+        h = _clone(frozen())
 
         def cached():
             with autocast(device, precision):
@@ -226,7 +259,13 @@ def measure(
 
         steps = (("live", live), ("frozen", frozen), ("top", cached))
         timed = {name: _seconds_per_image(fn, len(y)) for name, fn in steps}
-    return timed | {"bytes_per_image": h[0].numel() * STORE_DTYPE.itemsize}
+    row = _stored(h, images.shape[-1])[0]  # text: at the inputs' full length, as stored
+    return timed | {"bytes_per_image": row.numel() * STORE_DTYPE.itemsize}
+
+
+def _clone(state: Any) -> Any:
+    """A normal (not inference-mode) copy of a boundary state, to train the top on."""
+    return state.clone() if isinstance(state, torch.Tensor) else tuple(t.clone() for t in state)
 
 
 def _seconds_per_image(fn, count: int, steps: int = 2) -> float:

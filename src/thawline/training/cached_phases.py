@@ -18,6 +18,7 @@ from thawline.training.activation_cache import (
     fingerprint,
     measure,
     prune_stores,
+    view_count,
     view_draws,
 )
 from thawline.training.mixing import uses_mixing
@@ -90,7 +91,7 @@ class ActivationCaching:
         timed = measure(self.model, groups, self._phase_preprocess(phase), images, labels,
                         self.rank_batch, self.precision, self.device,
                         self.opts.freeze_bn)  # fmt: skip
-        views = self.opts.activation_views if self.opts.augment else 1
+        views = view_count(self.opts, self.model.preprocess)
         cached, why = decide(timed, len(labels), epochs, views, self.opts.activation_cache_gb)
         log.info("finetune: phase %d (top %d groups, frozen below %s): %s (%s)", phase + 1,
                  groups, cut.boundary, "cached activations" if cached else "live",
@@ -98,5 +99,5 @@ class ActivationCaching:
         return plan | {"cached": cached, "why": why, "seconds_per_image": timed}
 
     def _view_draws(self) -> torch.Tensor:
-        views = self.opts.activation_views if self.opts.augment else 1
+        views = view_count(self.opts, self.model.preprocess)
         return view_draws(len(self.train[1]), views, self.seed, self.epoch, self.world.rank)
