@@ -109,6 +109,8 @@ def test_a_cached_text_phase_trains_only_the_top_and_resumes_exactly(text_pipeli
     _, resumed = _thaw(text_pipeline, tmp_path / "cut", **CACHED)
     assert resumed.resumed_from == 1
     assert _history(resumed) == _history(whole)
+    same = resumed.model.state_dict()
+    assert all(torch.equal(v, same[k]) for k, v in whole.model.state_dict().items())
     # Cached phase alone: the layers below the boundary never move.
     _, top_only = _thaw(
         text_pipeline, tmp_path / "top", **CACHED | {"phases": CACHED["phases"][:1]}
