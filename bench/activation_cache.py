@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/activation_cache.py [--per-class 500] [--groups 2] [--epochs 3]
                                                [--size 64]
-    .venv/bin/python bench/activation_cache.py --text [--groups 2] [--epochs 1]
+    .venv/bin/python bench/activation_cache.py --text [--groups 2] [--epochs 3]
 
 Fashion-MNIST (``--per-class`` images of each class from the train file, 10 % carved off as
 val, and as many from the test file), the packaged Lite0 and the default params otherwise:
@@ -93,10 +93,12 @@ def main() -> None:
                                for r in record["history"][1:])  # fmt: skip
             print(f"{mode}: train loss / val accuracy per epoch {losses}; best epoch "
                   f"{record['best_epoch']}; rollbacks {record['rollbacks'] or 'none'}")  # fmt: skip
-    what = ("BBC News (1,613 training articles at 256 tokens), top {} of 7 groups" if args.text
-            else f"{round(args.per_class * 9)} training images, top {{}} of 8 groups")  # fmt: skip
-    size = "" if args.text else f" at {args.size} px"
-    print(f"{cpu_model()}; {what.format(args.groups)}, {args.epochs} epochs{size}")
+    if args.text:
+        what = f"BBC News at 256 tokens, top {args.groups} of 7 groups, {args.epochs} epochs"
+    else:
+        what = (f"{args.per_class * 9} training images, top {args.groups} of 8 groups, "
+                f"{args.epochs} epochs at {args.size} px")  # fmt: skip
+    print(f"{cpu_model()}; {what}")
     print(f"{'activation_cache':>16}  {'item/s':>7}  {'stage s':>7}  {'val':>6}  {'test':>6}")
     for mode, (speed, seconds, val, test, _) in rows.items():
         print(f"{mode:>16}  {speed:7.0f}  {seconds:7.1f}  {val:.4f}  {test:.4f}")

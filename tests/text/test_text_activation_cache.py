@@ -95,6 +95,10 @@ def test_the_text_store_pads_to_the_inputs_and_trims_each_batch(text_pipeline, t
     again = build_store(cut, model.preprocess, inputs, opts, 7, Precision(None),
                         torch.device("cpu"), tmp_path, "digest")  # fmt: skip
     assert torch.equal(again.views, store.views)  # loaded, not recomputed
+    model.train()  # as in a phase: the frozen part runs in eval mode, then goes back
+    build_store(cut, model.preprocess, inputs, opts, 7, Precision(None), torch.device("cpu"),
+                tmp_path, "another")  # fmt: skip
+    assert all(m.training for m in model.modules())
 
 
 def test_a_cached_text_phase_trains_only_the_top_and_resumes_exactly(text_pipeline, tmp_path):

@@ -16,7 +16,8 @@ Everything above the models (extraction, the cache, heads, fine-tuning) uses onl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -119,22 +120,19 @@ class Backbone(nn.Module):
     def _chain_matches(self, chain: list[tuple[str, nn.Module]]) -> bool:
         if getattr(self.model, "grad_checkpointing", False):
             return False
-        modes = {module: module.training for module in self.model.modules()}
         size = int(self.data_config.get("input_size", (3, 64, 64))[-1])
         try:
-            self.model.eval()
-            with torch.random.fork_rng(devices=[]), torch.inference_mode():
-                torch.manual_seed(0)
-                x = torch.randn(2, 3, min(size, 64), min(size, 64))
-                expected = self.model.forward_features(x)
-                for _, module in chain:
-                    x = module(x)
+            with kept_modes([self.model]):
+                self.model.eval()
+                with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                    torch.manual_seed(0)
+                    x = torch.randn(2, 3, min(size, 64), min(size, 64))
+                    expected = self.model.forward_features(x)
+                    for _, module in chain:
+                        x = module(x)
             return x.shape == expected.shape and torch.allclose(x, expected, atol=1e-4)
         except (RuntimeError, TypeError, ValueError):
             return False
-        finally:  # each module as it was (a phase keeps frozen BatchNorm in eval mode)
-            for module, mode in modes.items():
-                module.training = mode
 
     def _is_classifier(self, param: str) -> bool:
         head = getattr(self.model, "pretrained_cfg", {}).get("classifier")
@@ -163,6 +161,19 @@ def adapters() -> dict[str, Callable[[str, str], Backbone]]:
     return {"timm": timm_backbone, "torchvision": torchvision_backbone}
 
 
+@contextlib.contextmanager
+def kept_modes(modules: list[nn.Module]) -> Iterator[None]:
+    """Every submodule's train/eval mode as it was, afterwards: ``eval()`` inside is undone
+    module by module (a phase keeps frozen BatchNorm in eval mode; ``train(mode)`` on a parent
+    would overwrite that)."""
+    modes = {m: m.training for module in modules for m in module.modules()}
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 def under(name: str, prefix: str) -> bool:
     """Whether parameter or module ``name`` is ``prefix`` or inside it."""
     return name == prefix or name.startswith(prefix + ".")
@@ -173,4 +184,11 @@ def weights_sha256(model: nn.Module) -> str:
     return tensors_sha256(model.state_dict().items())
 
 
-__all__ = ["Backbone", "FeatureBackbone", "adapters", "create_backbone", "weights_sha256"]
+__all__ = [
+    "Backbone",
+    "FeatureBackbone",
+    "adapters",
+    "create_backbone",
+    "kept_modes",
+    "weights_sha256",
+]

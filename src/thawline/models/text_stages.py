@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from thawline.models.backbone import kept_modes
+
 State = tuple[torch.Tensor, torch.Tensor]  # hidden states (or token ids) and the attention mask
 
 
@@ -63,11 +65,14 @@ def text_chain(model: nn.Module, layers_path: str) -> list[tuple[str, nn.Module]
 def chain_matches(backbone, chain: list[tuple[str, nn.Module]]) -> bool:
     """Whether running ``chain`` then pooling gives ``backbone.forward_features`` on a small
     batch with padding (eval mode, the model's modes restored afterwards)."""
-    modes = {module: module.training for module in backbone.model.modules()}
     vocab = int(backbone.model.config.vocab_size)
     try:
-        backbone.model.eval()
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        with (
+            kept_modes([backbone.model]),
+            torch.random.fork_rng(devices=[]),
+            torch.inference_mode(),
+        ):
+            backbone.model.eval()
             torch.manual_seed(0)
             ids = torch.randint(1000 if vocab > 1000 else 0, vocab, (2, 12))
             mask = torch.ones_like(ids)
@@ -81,6 +86,3 @@ def chain_matches(backbone, chain: list[tuple[str, nn.Module]]) -> bool:
         return got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4)
     except (RuntimeError, TypeError, ValueError, AttributeError):
         return False
-    finally:
-        for module, mode in modes.items():
-            module.training = mode

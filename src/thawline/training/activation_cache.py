@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from thawline.devices import autocast
 from thawline.files import save_tensors, sha256_json, tensors_sha256
+from thawline.models.backbone import kept_modes
 from thawline.models.classifier import Classifier
 from thawline.models.preprocess import Preprocess, channels_last, is_text, pool
 from thawline.training.batches import training_batch
@@ -173,14 +174,10 @@ def build_store(
         return ActivationStore(torch.stack([load_file(f)["h"] for f in files]), digest, masks)
     started = time.perf_counter()
     # Every module's own mode, restored afterwards (a text chain's stages wrap the layers).
-    modes = {m: m.training for stage in cut.bottom for m in stage.modules()}
-    for stage in cut.bottom:  # as in training: frozen BatchNorm on its running statistics
-        stage.eval()
-    try:
+    with kept_modes(cut.bottom):
+        for stage in cut.bottom:  # as in training: frozen BatchNorm on its running statistics
+            stage.eval()
         out = _compute(cut, preprocess, images, opts, seed, precision, device, views)
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
     for k, path in enumerate(files):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_tensors(path, {"h": out[k]}, {"boundary": cut.boundary, "view": str(k)})
