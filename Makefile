@@ -63,11 +63,14 @@ scratch: setup
 	@$(BIN)/thawline report
 	@$(BIN)/thawline summary
 
+# The tests run in one worker per CPU (at most 4), each with its share of the cores for torch
+# (tests/conftest.py); a test module stays on one worker, so its DVC project or Prefect server
+# is built once.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n logical --maxprocesses 4 --dist loadfile
 
 test-all: setup
 	$(BIN)/pytest -q -m "not gpu"

@@ -35,6 +35,17 @@ def makefile_overrides(variable: str) -> list[str]:
     return words
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), each worker and the processes it
+    starts get their share of the cores: two torch processes with a thread per core each slow
+    each other down 3-5x on a 2-core machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by stage and server processes
+        torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

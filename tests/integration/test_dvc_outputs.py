@@ -2,8 +2,10 @@
 ``train_head``, produce the same bytes, so DVC sees no change and reruns nothing downstream.
 
 A real DVC project in tmp_path (this repo's dvc.yaml, src/ and params.yaml; ~100 images), the
-pipeline run once with ``dvc repro``; then the features are deleted and extracted again by a
-process that SIGKILLs itself in the middle of its third shard write, and ``dvc repro`` resumes it.
+pipeline run once with ``dvc repro`` up to ``train_head`` (the stages after it only read what
+these tests show unchanged, and would add a minute of start-ups); then the features are deleted
+and extracted again by a process that SIGKILLs itself in the middle of its third shard write,
+and ``dvc repro`` resumes it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tests.conftest import REPO
 from tests.integration.test_flows import dvc, sh
 from tests.reliability.test_interrupted import KILLED_MID_WRITE
 
-AFTER_EXTRACT = ("train_head", "finetune", "scratch", "evaluate", "register")
+TARGET = "train_head"  # the pipeline as far as these tests need it
 
 
 def lock_outs(repo, stage: str) -> dict:
@@ -48,7 +50,7 @@ def project(tmp_path_factory):
     sh(repo, "git", "init", "-q")
     dvc(repo, "init", "-q")
     dvc(repo, "config", "core.analytics", "false")
-    dvc(repo, "repro")
+    dvc(repo, "repro", TARGET)
     return repo
 
 
@@ -61,11 +63,11 @@ def test_a_killed_then_resumed_extraction_changes_nothing_dvc_can_see(project):
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(params)], cwd=project)
     assert killed.returncode == -9 and len(list(features.glob("*.safetensors"))) == 2
     assert not (features / "manifest.json").exists()
-    out = dvc(project, "repro")
+    out = dvc(project, "repro", TARGET)
     assert "Running stage 'extract'" in out
-    assert not any(f"Running stage '{stage}'" in out for stage in AFTER_EXTRACT), out
+    assert f"Running stage '{TARGET}'" not in out, out  # nothing downstream saw a change
     assert lock_outs(project, "extract") == before  # same directory hash: same bytes
-    assert "Data and pipelines are up to date" in dvc(project, "status")
+    assert "Data and pipelines are up to date" in dvc(project, "status", TARGET)
 
 
 def test_a_repeated_train_head_changes_nothing_dvc_can_see(project):
@@ -73,5 +75,5 @@ def test_a_repeated_train_head_changes_nothing_dvc_can_see(project):
     forced = dvc(project, "repro", "--force", "--single-item", "train_head")
     assert "Running stage 'train_head'" in forced
     assert lock_outs(project, "train_head") == before  # no wall time in head.json any more
-    assert "Data and pipelines are up to date" in dvc(project, "status")
-    assert "Running stage" not in dvc(project, "repro")
+    assert "Data and pipelines are up to date" in dvc(project, "status", TARGET)
+    assert "Running stage" not in dvc(project, "repro", TARGET)

@@ -123,8 +123,7 @@ def test_training_flow_runs_every_stage_and_agrees_with_dvc(prefect_api, project
     assert "distributed: 2 processes (gloo)" in thawline_flow.stderr  # extract.nproc: 2
     assert "Data and pipelines are up to date" in dvc(project, "status")
     assert "Running stage" not in dvc(project, "repro")  # dvc repro after the flow: nothing
-    again = training(prefect_api, project)  # and the flow after DVC: nothing either
-    assert ran(again) == []
+    # The flow after DVC runs only what a changed param reaches: the next test.
     assert json.loads((project / "reports" / "registration.json").read_text())["version"] == 1
     artifacts = sh(project, str(VENV_BIN / "prefect"), "artifact", "inspect", "thawline-training",
                    env=prefect_api)  # fmt: skip
@@ -149,7 +148,8 @@ def dvc_repro_processes() -> list[psutil.Process]:
 
 def test_a_transient_failure_is_retried(prefect_api, project):
     """Another DVC process holds the repo lock until the first try has failed on it; the flow's
-    retry (after flow.retry_delay_s) then succeeds."""
+    retry (after flow.retry_delay_s) then succeeds, and runs nothing: the pipeline is up to
+    date."""
     lock = zc.lockfile.LockFile(str(project / ".dvc" / "tmp" / "lock"))
     command = [str(VENV_BIN / "thawline"), "flow", "run", "-p", str(project / "params.yaml")]
     flow_run = subprocess.Popen(command, env=prefect_api, text=True,
