@@ -36,9 +36,9 @@ def makefile_overrides(variable: str) -> list[str]:
 
 
 def pytest_configure(config):
-    """Under pytest-xdist (``make test`` runs two workers), each worker and the processes it
-    starts get their share of the cores: two torch processes with a thread per core each slow
-    each other down 3-5x on a 2-core machine."""
+    """Under pytest-xdist (``make test`` runs a worker per CPU), each worker and the processes
+    it starts get their share of the cores: two torch processes with a thread per core each
+    slow each other down 3-5x on a 2-core machine."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
@@ -60,6 +60,15 @@ def no_pickle():
     """No model load in the tests (or in servers they start) may unpickle: MLflow refuses to."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_user_cache(tmp_path_factory):
+    """The tests' own $THAWLINE_CACHE (and their processes'): a precision measured on tiny
+    models, or with a worker's share of the cores, must never decide a user's real run."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("THAWLINE_CACHE", str(tmp_path_factory.mktemp("user-cache")))
         yield
 
 

@@ -6,7 +6,7 @@ training at batch 64 and 64 px in bf16 autocast ran at 0.6x fp32 on an AMD EPYC 
 Intel Xeon with AMX; at 128 px it was 1.3x on the AMD EPYC. So on a CPU with native bf16,
 ``auto`` times a few steps of fp32 and of bf16 autocast on a copy of the model (random inputs,
 the real batch and input size; forward and backward when training) and keeps the faster. The
-answer is cached per CPU model, torch version, network, input shape and use in
+answer is cached per CPU model, torch version, network, input shape, use and thread count in
 ``$THAWLINE_CACHE/precision.json`` (default ``~/.cache/thawline``), so each kind of machine
 measures once (seconds), and every run records what was chosen and by which figures.
 
@@ -85,6 +85,7 @@ def choose_precision(
         cpu, f"torch {torch.__version__}", model.spec.get("backbone", type(model).__name__),
         f"{sum(p.numel() for p in model.parameters())} parameters",
         "train" if training else "infer", f"{batch}x3x{size}x{size} channels_last",
+        f"{torch.get_num_threads()} threads",  # a 1-thread answer is not a 2-thread one
     ])  # fmt: skip
     cached = _read_cache().get(entry)
     if cached and set(cached) == set(CANDIDATES):

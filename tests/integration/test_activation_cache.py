@@ -116,7 +116,9 @@ def test_auto_measures_decides_and_leaves_short_phases_live(finetune_data, tmp_p
     timed = measure(model, 2, model.preprocess, images, labels, 16, Precision(None),
                     torch.device("cpu"), True)  # fmt: skip
     assert {"live", "frozen", "top", "bytes_per_image"} <= timed.keys()
-    assert timed["top"] < timed["live"]  # the top alone is cheaper than the whole
+    # Positive times, not an order between them: a test that races the clock on a busy
+    # machine fails at random (it did in CI, under two xdist workers).
+    assert all(0 < timed[name] < 60 for name in ("live", "frozen", "top"))
     assert timed["bytes_per_image"] == 112 * 2 * 2 * 2  # blocks.4's output at 32 px, float16
     slow_live = timed | {"live": 10 * timed["live"]}
     assert decide(slow_live, 1000, 10, 4, 4.0)[0]

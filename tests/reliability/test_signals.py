@@ -126,7 +126,7 @@ with graceful_stop(grace_s=float(sys.argv[1])), deferred():
 
 @pytest.mark.parametrize("second", [False, True])
 def test_past_the_grace_period_or_at_a_second_signal_the_process_is_gone(second):
-    command = [sys.executable, "-c", GRACE, "1.5"]
+    command = [sys.executable, "-c", GRACE, "3"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)  # fmt: skip
     assert process.stdout.readline().strip() == "ready"
@@ -138,6 +138,8 @@ def test_past_the_grace_period_or_at_a_second_signal_the_process_is_gone(second)
     _, stderr = process.communicate(timeout=30)
     took = time.monotonic() - sent
     assert process.returncode == 128 + (signal.SIGINT if second else signal.SIGTERM), stderr
-    assert "stopping at the next safe point (at most 1.5s)" in stderr
-    assert ("a second SIGINT" if second else "1.5s after SIGTERM") in stderr
-    assert (took < 1.2) if second else (1.4 < took < 10), took
+    assert "stopping at the next safe point (at most 3s)" in stderr
+    assert ("a second SIGINT" if second else "3s after SIGTERM") in stderr
+    # Margins a busy machine keeps (the suite runs beside another worker): a second signal
+    # ends it well inside the grace period, a lone SIGTERM only at its end.
+    assert (took < 2.5) if second else (2.9 < took < 15), took
