@@ -73,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_arguments(
         sub.add_parser(
             "predict",
-            help="top-k labels for images or folders from a registered or saved model",
+            help="top-k labels for images, documents or folders from a registered or saved model",
             description="Predict with a model, e.g. "
-            "thawline predict --model models:/thawline@champion photo.jpg folder/",
+            "thawline predict --model models:/thawline@champion photo.jpg folder/, or "
+            "thawline predict --model models:/thawline-text@champion --text 'Shares fell...'",
             epilog=EPILOG,
         )
     )

@@ -138,7 +138,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         default=DEFAULT_MODEL,
         help=f"registered model URI or model folder (default: {DEFAULT_MODEL})",
     )
-    parser.add_argument("--top-k", type=_positive, default=3, help="labels per image (default: 3)")
+    parser.add_argument(
+        "--top-k", type=_positive, default=3, help="labels per image or document (default: 3)"
+    )
     parser.add_argument("--csv", type=Path, metavar="OUT", help="also write path,rank,label,"
                         "probability rows to this CSV file")  # fmt: skip
     parser.add_argument(
