@@ -29,6 +29,8 @@ stops while the test split is scored after each epoch (scoring is not training):
 Prints, per run, the wall time to reach 0.92, 0.93 and 0.94 test accuracy and the accuracy
 reached within each budget (``--budgets`` minutes), writes them to ``--json`` and plots test
 accuracy against wall time, all runs on one chart (``--plot``, default docs/time_to_accuracy.png).
+A run with EMA (``thawline-fast``, ``thawline-ema``) also scores its averaged weights after each
+epoch, from the checkpoint just written: a second curve, ``<run> (EMA)``.
 ``--short`` takes 1,000 training images per class, 500 test images per class, budgets of 2, 4
 and 8 minutes and fewer epochs.
 """
@@ -36,6 +38,7 @@ and 8 minutes and fewer epochs.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shlex
 import tempfile
@@ -51,6 +54,7 @@ from thawline.data.store import load_split
 from thawline.models.backbone import create_backbone
 from thawline.precision_choice import cpu_model
 from thawline.stages import extract, finetune, prepare, train_head
+from thawline.training.checkpoint import load_latest
 from thawline.training.strategy import resolve_strategy
 from thawline.training.thaw_loop import fine_tune
 from thawline.training.trained_model import load_training_data
@@ -72,14 +76,16 @@ class Clock:
     def __init__(self):
         self.started, self.paused = time.perf_counter(), 0.0
         self.points: list[tuple[float, float]] = []  # (training seconds, test accuracy)
+        self.ema_points: list[tuple[float, float]] = []  # the same for EMA weights, if any
         self.kept: dict | None = None  # thawline: the weights the stage keeps, scored once
 
-    def score(self, accuracy_fn) -> None:
+    def score(self, accuracy_fn, ema: bool = False) -> None:
         now = time.perf_counter()
         accuracy = accuracy_fn()
-        self.points.append((now - self.started - self.paused, accuracy))
+        points = self.ema_points if ema else self.points
+        points.append((now - self.started - self.paused, accuracy))
         self.paused += time.perf_counter() - now
-        print(f"  {self.points[-1][0]:7.1f} s  test {accuracy:.4f}", flush=True)
+        print(f"  {points[-1][0]:7.1f} s  test {accuracy:.4f}{' (EMA)' if ema else ''}", flush=True)
 
 
 def project(base: Path, per_class: int | None, test_per_class: int | None):
@@ -212,13 +218,21 @@ def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
     start = finetune.starting_point(cfg, opts, progress=False)
     model = start.model
 
-    def accuracy() -> float:
-        logits = predict_logits(model, test[0])
-        model.train()
+    def accuracy(scored=model) -> float:
+        logits = predict_logits(scored, test[0])
+        scored.train()
         return (logits.argmax(1) == test[1]).float().mean().item()
 
     clock.score(accuracy)  # the probe at the fine-tune's size: where the thaw starts
     train, val = load_training_data(cfg)
+    averaged = copy.deepcopy(model) if opts.ema else None  # the EMA weights, scored alike
+    if averaged is not None:
+        clock.ema_points.append(clock.points[0])  # the average starts at the probe
+
+    def ema_accuracy() -> float:  # from the checkpoint just written, as a resume would load it
+        (latest,) = [load_latest(series) for series in Path(tmp).iterdir()]
+        averaged.load_state_dict(latest.state["ema"])
+        return accuracy(averaged)
 
     def epoch_end(epoch: int, metrics: dict) -> None:
         if epoch:
@@ -226,6 +240,8 @@ def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
             print(f"  epoch {epoch}: val {metrics['val_accuracy']:.4f}"
                   + (f", EMA val {ema:.4f}" if ema is not None else ""))  # fmt: skip
             clock.score(accuracy)  # the raw weights
+            if averaged is not None and ema is not None:
+                clock.score(ema_accuracy, ema=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         result = fine_tune(model, train, val, opts.model_copy(update={"resume": False}),
@@ -315,17 +331,19 @@ def main() -> None:
         results[name] = summary(clock.points, budgets) | (
             {"kept": clock.kept} if clock.kept else {}
         )
+        if clock.ema_points:
+            results[f"{name} (EMA)"] = summary(clock.ema_points, budgets)
     threads = torch.get_num_threads()
     title = f"Fashion-MNIST, {len(test[1])} test images; {cpu_model()}, {threads} threads"
     print(title)
-    print(f"{'run':>14}  " + "  ".join(f"to {t:.2f}" for t in THRESHOLDS) + "  "
+    print(f"{'run':>20}  " + "  ".join(f"to {t:.2f}" for t in THRESHOLDS) + "  "
           + "  ".join(f"{b:>6g} min" for b in budgets))  # fmt: skip
     for name, result in results.items():
         reach = [result["seconds_to"][f"{t:.2f}"] for t in THRESHOLDS]
         within = [result["accuracy_within"][f"{b:g} min"] for b in budgets]
         cells = ["      -" if s is None else f"{s:6.0f}s" for s in reach]
         cells += ["         -" if a is None else f"{a:10.4f}" for a in within]
-        print(f"{name:>14}  " + "  ".join(cells))
+        print(f"{name:>20}  " + "  ".join(cells))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"title": title, "runs": results}, indent=1))
     plot(results, args.plot, title)
