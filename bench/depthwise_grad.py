@@ -54,10 +54,6 @@ def onednn_grads(x, weight, grad_out, stride, pad, mask):
     )
 
 
-def compiled_grad(x, grad_out, k, stride, pad):
-    return compiled_weight_grad(x, grad_out, k, stride, pad)
-
-
 class DepthwiseConv(torch.autograd.Function):
     """A depthwise conv: oneDNN forward and input gradient, the compiled weight gradient."""
 
@@ -75,7 +71,7 @@ class DepthwiseConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             mask = [True, False, False]
             grad_x = onednn_grads(x, weight, grad_out, ctx.stride, ctx.pad, mask)[0]
-        grad_w = compiled_grad(x, grad_out, weight.shape[-1], ctx.stride, ctx.pad)
+        grad_w = compiled_weight_grad(x, grad_out, weight.shape[-1], ctx.stride, ctx.pad)
         return grad_x, grad_w, None, None
 
 
@@ -125,12 +121,12 @@ def per_conv(model, size, batch):
         mask = [False, True, False]
         reference = onednn_grads(x, weight, grad_out, s, pad, mask)[1]
         start = time.perf_counter()
-        got = compiled_grad(x, grad_out, k, s, pad)
+        got = compiled_weight_grad(x, grad_out, k, s, pad)
         compile_s += time.perf_counter() - start
         # fp32 sums over batch x positions in another order: equal to 1e-5 of the largest
         assert (got - reference).abs().max() <= 1e-5 * reference.abs().max(), conv
         stock = timed_ms(partial(onednn_grads, x, weight, grad_out, s, pad, mask))
-        ours = timed_ms(partial(compiled_grad, x, grad_out, k, s, pad))
+        ours = timed_ms(partial(compiled_weight_grad, x, grad_out, k, s, pad))
         totals[0], totals[1] = totals[0] + stock, totals[1] + ours
         if ours < stock:
             faster.add(index)
