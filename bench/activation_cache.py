@@ -14,6 +14,10 @@ Prints each one's training img/s (the mean over the phase's epochs), the cached 
 (target >= 3x), the stage's wall time (the cache's build included), the validation and test
 accuracy and their difference (target within 0.3 points), and what ``auto`` decided and why.
 
+``--seeds N`` repeats the fine-tunes with N seeds (the params' seed and the next ones; the
+probe stays the same) and prints the test difference per seed with its mean and standard
+deviation: one seed's difference is mostly the seed's own noise.
+
 ``--text``: the same on BBC News and the packaged MiniLM (examples/text/params.yaml, all 2,225
 articles at 256 tokens): the top ``--groups`` of its 7 layer groups (embeddings, 6 encoder
 layers) unfrozen, the boundary state being each document's hidden states and mask.
@@ -22,6 +26,7 @@ layers) unfrozen, the boundary state being each document's hidden states and mas
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +73,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="finetune.image_size")
     parser.add_argument("--modes", nargs="+", default=["never", "always", "auto"])
     parser.add_argument("--text", action="store_true", help="BBC News on MiniLM instead")
+    parser.add_argument("--seeds", type=int, default=1, help="fine-tunes per mode, seeds apart")
     args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,8 +83,9 @@ def main() -> None:
             cfg = project(Path(tmp), args.per_class, args.groups, args.epochs, args.size)
         for stage in (prepare, extract, train_head):
             stage.run(cfg, progress=False)
-        for mode in args.modes:
-            run = cfg.model_copy(update={"finetune": cfg.finetune.model_copy(
+        runs = [(mode, cfg.seed + i) for i in range(args.seeds) for mode in args.modes]
+        for mode, seed in runs:
+            run = cfg.model_copy(update={"seed": seed, "finetune": cfg.finetune.model_copy(
                 update={"activation_cache": mode})})  # fmt: skip
             speeds: list[float] = []
             started = time.perf_counter()
@@ -87,11 +94,11 @@ def main() -> None:
             record = read_json(cfg.paths.finetune / "record.json")
             speed = sum(speeds) / len(speeds)
             test = test_accuracy(cfg, result.outputs["model"])
-            rows[mode] = (speed, seconds, record["best"]["val_accuracy"], test,
+            rows[mode, seed] = (speed, seconds, record["best"]["val_accuracy"], test,
                           record["activation_cache"])  # fmt: skip
             losses = ", ".join(f"{r['train_loss']:.3f}/{r['val_accuracy']:.3f}"
                                for r in record["history"][1:])  # fmt: skip
-            print(f"{mode}: train loss / val accuracy per epoch {losses}; best epoch "
+            print(f"{mode} (seed {seed}): train loss / val accuracy per epoch {losses}; best epoch "
                   f"{record['best_epoch']}; rollbacks {record['rollbacks'] or 'none'}")  # fmt: skip
     if args.text:
         what = f"BBC News at 256 tokens, top {args.groups} of 7 groups, {args.epochs} epochs"
@@ -99,17 +106,21 @@ def main() -> None:
         what = (f"{args.per_class * 9} training images, top {args.groups} of 8 groups, "
                 f"{args.epochs} epochs at {args.size} px")  # fmt: skip
     print(f"{cpu_model()}; {what}")
-    print(f"{'activation_cache':>16}  {'item/s':>7}  {'stage s':>7}  {'val':>6}  {'test':>6}")
-    for mode, (speed, seconds, val, test, _) in rows.items():
-        print(f"{mode:>16}  {speed:7.0f}  {seconds:7.1f}  {val:.4f}  {test:.4f}")
-    if not {"never", "always", "auto"} <= rows.keys():
-        return
-    live, cached = rows["never"], rows["always"]
-    print(
-        f"cached / live img/s: {cached[0] / live[0]:.2f}x (target >= 3x); test accuracy "
-        f"{100 * (cached[3] - live[3]):+.2f} points (target within 0.3)"
-    )
-    print("auto decided:", rows["auto"][4][0].get("cached"), "-", rows["auto"][4][0].get("why"))
+    print(f"{'activation_cache':>16}  {'seed':>4}  {'item/s':>7}  {'stage s':>7}  {'val':>6}  "
+          f"{'test':>6}")  # fmt: skip
+    for (mode, seed), (speed, seconds, val, test, _) in rows.items():
+        print(f"{mode:>16}  {seed:4d}  {speed:7.0f}  {seconds:7.1f}  {val:.4f}  {test:.4f}")
+    seeds = sorted({seed for _, seed in rows})
+    if {"never", "always"} <= set(args.modes):
+        ratios = [rows["always", s][0] / rows["never", s][0] for s in seeds]
+        points = [100 * (rows["always", s][3] - rows["never", s][3]) for s in seeds]
+        print(f"cached / live img/s: {', '.join(f'{r:.2f}x' for r in ratios)} (target >= 3x); "
+              f"test accuracy {', '.join(f'{d:+.2f}' for d in points)} points"
+              + (f", mean {statistics.mean(points):+.2f} (sd {statistics.stdev(points):.2f})"
+                 if len(points) > 1 else "") + " (target within 0.3)")  # fmt: skip
+    if "auto" in args.modes:
+        decision = rows["auto", seeds[0]][4][0]
+        print("auto decided:", decision.get("cached"), "-", decision.get("why"))
 
 
 if __name__ == "__main__":
