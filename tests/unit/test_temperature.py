@@ -45,11 +45,26 @@ def test_the_guard_keeps_t_1_when_scaling_would_not_help():
 
 
 def test_a_degenerate_set_stays_within_bounds_and_finite():
-    """All validation examples right with probability 1: NLL wants T -> 0; the bound holds."""
+    """One example wrong with probability ~1, the rest right: the fit stays within its bounds."""
     probs = np.eye(4)[np.arange(40) % 4] * (1 - 1e-9) + 1e-9 / 4
-    fit = fit_temperature(probs, np.arange(40) % 4)
+    labels = np.arange(40) % 4
+    labels[0] = 1
+    fit = fit_temperature(probs, labels)
     assert np.isfinite(fit.fitted) and 0.01 <= fit.fitted <= 100
     assert np.isfinite(fit.val_nll_after)
+
+
+@pytest.mark.parametrize("confidence", [0.6, 0.999])
+def test_a_validation_split_without_errors_keeps_t_1(confidence):
+    """Every example right (9 of 9 in a small folder): the NLL falls without end as T -> 0, so
+    no fit is kept; before this guard such a run kept T = 0.013 and claimed probability 1."""
+    labels = np.arange(9) % 3
+    probs = np.full((9, 3), (1 - confidence) / 2)
+    probs[np.arange(9), labels] = confidence
+    fit = fit_temperature(probs, labels)
+    assert not fit.kept and fit.temperature == 1.0
+    assert "all 9 validation examples are already right" in fit.reason
+    assert fit.val_examples == 9 and np.isfinite(fit.val_nll_before)
 
 
 def test_bad_shapes_are_refused():

@@ -3,7 +3,10 @@ validation, so that probabilities mean what they say. Pure functions, no I/O.
 
 Fitted by L-BFGS on the validation NLL over ``log T`` (so T stays positive), and kept only if
 the NLL improves: a fit that does not help keeps T = 1 (AutoGluon once shipped T = -1242, which
-flipped its ROC-AUC; autogluon PR #4396). Argmax is invariant to T, so accuracy never changes.
+flipped its ROC-AUC; autogluon PR #4396). Nor is a fit without a finite optimum kept: when every
+validation example is already right (small folders: 9 of 9), the NLL keeps falling as T -> 0,
+and "fitting" it would make every prediction claim probability 1. Argmax is invariant to T, so
+accuracy never changes.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.int64)
     if probs.ndim != 2 or len(probs) != len(labels) or len(labels) == 0:
         raise ValueError(f"probs {probs.shape} and labels {labels.shape}: need [N, C] and [N]")
+    examples = len(labels)
+    if np.array_equal(probs.argmax(1), labels):
+        reason = (f"all {examples} validation examples are already right, so the NLL falls without "
+                  "end as T -> 0 and no temperature can be fitted: kept T = 1")  # fmt: skip
+        before = nll(probs, labels)
+        return TemperatureFit(1.0, False, reason, 1.0, before, before, examples)
     logits, target = log_probs(probs), torch.as_tensor(labels)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
@@ -77,7 +86,6 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     fitted = float(log_t.detach().clamp(-LOG_T_LIMIT, LOG_T_LIMIT).exp())
     before = nll(probs, labels)
     after = nll(probs, labels, fitted) if math.isfinite(fitted) else math.inf
-    examples = len(labels)
     if not math.isfinite(after) or after > before * (1 - MIN_GAIN):
         reason = (f"T = {fitted:.3f} would not lower the validation NLL ({before:.4f} -> "
                   f"{after:.4f}, {examples} examples): kept T = 1")  # fmt: skip
