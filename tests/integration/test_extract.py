@@ -28,9 +28,9 @@ def test_extract_writes_verified_shards(prepared_small, tmp_path):
     result = extract.run(cfg, progress=False)
     assert result.metrics["images_computed"] == 400
     manifest = read_cache_manifest(cfg.paths.features)
-    assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [64, 64, 51]  # 179
+    assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [64, 64, 50]  # 178
     features, labels = load_features(cfg.paths.features, "train")
-    assert features.shape == (179, 1280) and features.dtype == torch.float16
+    assert features.shape == (178, 1280) and features.dtype == torch.float16
     assert torch.isfinite(features.float()).all() and features.float().std() > 0
     assert labels.equal(load_split(prepared_small.paths.prepared, "train").labels)
     parts = manifest["fingerprint_parts"]
@@ -58,7 +58,7 @@ def test_hooked_layers_have_the_expected_width(prepared_small, tmp_path):
     layout = read_cache_manifest(cfg.paths.features)["layout"]
     assert [part["name"] for part in layout][:2] == ["pre_logits", "blocks.0"]
     features, _ = load_features(cfg.paths.features, "val")
-    assert features.shape == (21, 1792)  # the val split of prepared_small
+    assert features.shape == (22, 1792)  # the val split of prepared_small
     # The hooked columns are real activations, not padding.
     assert features[:, 1280:].float().abs().sum(dim=0).gt(0).float().mean() > 0.9
 

@@ -47,8 +47,8 @@ def test_head_trains_on_the_cache_and_is_saved(cached, tmp_path, monkeypatch):
     result = train_head.run(
         config(cached, tmp_path), progress=False, on_epoch_end=lambda e, m: epochs.append((e, m))
     )
-    # 10 classes, 179 training images at 32 px, 21 val images: 9/21 on this split, so the bar
-    # is "well above chance (0.1)" rather than a figure one image can move
+    # 10 classes, 178 training images at 32 px, 22 val images: the bar is "well above chance
+    # (0.1)" rather than a figure one image can move
     assert result.metrics["best_val_accuracy"] > 0.3
     head, meta = load_head(tmp_path / "head")
     assert meta["best_epoch"] == result.metrics["best_epoch"]
@@ -107,7 +107,7 @@ def test_lr_auto_runs_the_range_test_uses_its_valley_and_records_it(cached, tmp_
     assert meta["params"]["lr"] == found["valley"] == result.metrics["lr_found"]
     assert 1e-7 < found["valley"] < 10 and len(found["lrs"]) == len(found["losses"]) >= 20
     assert (cfg.paths.head / "lr_find.png").stat().st_size > 1000
-    # 179 images, 45 steps: the valley (like the fixed 1e-3) leaves this head short of
+    # 178 images, 45 steps: the valley (like the fixed 1e-3) leaves this head short of
     # converged; above chance all the same. Accuracy against the fixed LR: bench/lr_find_head.py.
     assert result.metrics["best_val_accuracy"] > 0.15
     fixed = config(cached, tmp_path, lr=0.003)
