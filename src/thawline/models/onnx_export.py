@@ -54,11 +54,9 @@ class PortableImageClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.permute(0, 3, 1, 2) if self.layout == "nhwc" else pixels
-        # Resized in float: a uint8 resize rounds differently in each runtime (by 1 level on
-        # ~1% of pixels), a float one agrees to 1e-3 levels. Clamped as a uint8 resize is:
-        # bicubic rings next to sharp edges, and the uint8 path clips it. (Rounding too would
-        # move a pixel a whole level wherever the runtimes' 1e-3 straddle a half.)
-        x = self.model.preprocess.resize(x.float()).clamp(0, 255)
+        # Resized in float (a uint8 Resize rounds differently in each runtime), in the two
+        # clamped and rounded passes of torchvision's uint8 resize, which training saw.
+        x = self.model.preprocess.resize_float(x.float())
         x = self.model.preprocess.normalize(x)
         return torch.softmax(self.model.network(x), dim=1)  # divided by its temperature
 
