@@ -199,7 +199,8 @@ def test_the_temperature_and_the_onnx_file_travel_with_the_registered_version(pi
     (onnx_file,) = downloaded.rglob("model.onnx")
     run = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     portable = run.run(None, {"pixels": pixels.numpy()})[0]
-    # The graph resizes in float, the pyfunc in uint8 (as training saw): close, not equal.
+    # The graph resizes in float (the uint8 path's passes, rounded), the pyfunc in uint8 (as
+    # training saw): close, not equal.
     assert np.mean(portable.argmax(1) == served.argmax(1)) >= 0.95
     assert np.abs(portable - served).mean() < 0.01, np.abs(portable - served).mean()
     tags = MlflowClient(cfg.tracking.uri).get_model_version("calibrated", record["version"]).tags
