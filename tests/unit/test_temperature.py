@@ -70,3 +70,14 @@ def test_a_validation_split_without_errors_keeps_t_1(confidence):
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match=r"\[N, C\]"):
         fit_temperature(np.zeros((3, 2)), np.zeros(4, dtype=int))
+
+
+def test_a_gain_within_the_noise_of_a_small_validation_split_keeps_t_1():
+    """30 examples of a mildly over-confident model: the fit lowers their NLL, but by less than
+    two standard errors of the per-example change, so T stays 1; 4,000 of them keep it."""
+    small, small_labels = _logit_set(1.5, n=30, seed=5)
+    fit = fit_temperature(small, small_labels)
+    assert nll(small, small_labels, fit.fitted) < fit.val_nll_before  # a fit that "helps"...
+    assert not fit.kept and fit.temperature == 1.0 and "within the noise" in fit.reason
+    large, large_labels = _logit_set(1.5, n=4000, seed=5)
+    assert fit_temperature(large, large_labels).kept
