@@ -54,8 +54,15 @@ def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def nll(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``labels`` after scaling by ``temperature``."""
+    return float(per_example_nll(probs, labels, temperature).mean())
+
+
+def per_example_nll(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Each example's negative log-likelihood after scaling by ``temperature``: float64 ``[N]``."""
     logits = log_probs(probs) / temperature
-    return float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)))
+    return torch.nn.functional.cross_entropy(
+        logits, torch.as_tensor(labels), reduction="none"
+    ).numpy()
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
@@ -87,14 +94,14 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
 
     optimiser.step(closure)
     fitted = float(log_t.detach().clamp(-LOG_T_LIMIT, LOG_T_LIMIT).exp())
-    before = nll(probs, labels)
-    after = nll(probs, labels, fitted) if math.isfinite(fitted) else math.inf
+    losses = per_example_nll(probs, labels)
+    scaled = per_example_nll(probs, labels, fitted) if math.isfinite(fitted) else losses + math.inf
+    before, after = float(losses.mean()), float(scaled.mean())
     if not math.isfinite(after) or after > before * (1 - MIN_GAIN):
         reason = (f"T = {fitted:.3f} would not lower the validation NLL ({before:.4f} -> "
                   f"{after:.4f}, {examples} examples): kept T = 1")  # fmt: skip
         return TemperatureFit(1.0, False, reason, fitted, before, before, examples)
-    noise = 2 * _standard_error(_per_example_nll(probs, labels, 1.0)
-                                - _per_example_nll(probs, labels, fitted))  # fmt: skip
+    noise = 2 * _standard_error(losses - scaled)
     if before - after <= noise:
         reason = (f"T = {fitted:.3f} lowers the validation NLL {before:.4f} -> {after:.4f}, "
                   f"within the noise of {examples} examples (2 standard errors: {noise:.4f}): "
@@ -104,13 +111,6 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     reason = (f"T = {fitted:.3f} ({tone} before) lowers the validation NLL {before:.4f} -> "
               f"{after:.4f} on {examples} examples")  # fmt: skip
     return TemperatureFit(fitted, True, reason, fitted, before, after, examples)
-
-
-def _per_example_nll(probs: np.ndarray, labels: np.ndarray, temperature: float) -> np.ndarray:
-    logits = log_probs(probs) / temperature
-    return torch.nn.functional.cross_entropy(
-        logits, torch.as_tensor(labels), reduction="none"
-    ).numpy()
 
 
 def _standard_error(values: np.ndarray) -> float:
