@@ -8,13 +8,16 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import small_config
 from thawline.data.store import load_split
-from thawline.devices import autocast
+from thawline.devices import Precision, autocast
 from thawline.evaluation import EvaluationError
+from thawline.evaluation.artifacts import predictions_path
+from thawline.evaluation.predictions import load_predictions
 from thawline.files import read_json, sha256_file
 from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.models.storage import load_classifier
@@ -22,6 +25,7 @@ from thawline.precision_choice import choose_precision
 from thawline.reporting.html import write_report
 from thawline.reporting.results import read_results, strategy_folders
 from thawline.stages import evaluate, extract, finetune, prepare, register, scratch, train_head
+from thawline.tracking import load_model
 from thawline.training.validate import PREDICT_BATCH
 
 ONE_EPOCH = {"strategy": "full", "epochs_per_phase": 1, "batch_size": 32, "image_size": 32,
@@ -77,21 +81,33 @@ def test_tta_is_scored_beside_the_plain_accuracy_of_models_trained_on_images(tra
     assert {"finetuned_tta_accuracy", "scratch_tta_accuracy"} <= set(result.metrics)
     assert "head_only_tta_accuracy" not in result.metrics  # cached features: the plain view only
     # The same figure computed by hand: softmax of the image and of its mirror, averaged (on
-    # this data and seed 0.150 against 0.155 plain: the mirror changes an answer).
-    # In the precision evaluate measured as the faster on this CPU (the cached answer).
+    # this data and seed 0.150 against 0.155 plain: the mirror changes an answer), in fp32 as
+    # evaluate.precision's default asks.
     model = load_classifier(trained.paths.finetune / "model")
     test = load_split(trained.paths.prepared, "test")
-    cpu = torch.device("cpu")
-    precision = choose_precision("auto", cpu, model, batch=PREDICT_BATCH, training=False).precision
-    with torch.inference_mode(), autocast(cpu, precision):
-        probs = sum(torch.softmax(model(x).float(), dim=1)
-                    for x in (test.images, test.images.flip(-1)))  # fmt: skip
-    by_hand = (probs.argmax(1) == test.labels).float().mean().item()
-    assert result.metrics["finetuned_tta_accuracy"] == pytest.approx(by_hand)
+    assert tta_accuracy(model, test, Precision(None)) == result.metrics["finetuned_tta_accuracy"]
     plain = replace_section(trained, "evaluate", tta="none", model="finetuned")
     none = evaluate.run(replace_section(plain, "paths", evaluation=tmp_path / "ev"), progress=False)
     assert not any("tta" in key for key in none.metrics)
     assert none.metrics["accuracy"] == result.metrics["finetuned_accuracy"]
+
+
+def tta_accuracy(model, test, precision) -> float:
+    with torch.inference_mode(), autocast(torch.device("cpu"), precision):
+        probs = sum(torch.softmax(model(x).float(), dim=1)
+                    for x in (test.images, test.images.flip(-1)))  # fmt: skip
+    return pytest.approx((probs.argmax(1) == test.labels).float().mean().item())
+
+
+def test_precision_auto_scores_in_the_precision_measured_faster(trained, tmp_path):
+    cfg = replace_section(trained, "evaluate", precision="auto", model="finetuned")
+    result = evaluate.run(replace_section(cfg, "paths", evaluation=tmp_path), progress=False)
+    model = load_classifier(trained.paths.finetune / "model")
+    cpu = torch.device("cpu")
+    precision = choose_precision("auto", cpu, model, batch=PREDICT_BATCH, training=False).precision
+    assert read_json(tmp_path / "summary.json")["details"]["precision"] == precision.name
+    test = load_split(trained.paths.prepared, "test")
+    assert tta_accuracy(model, test, precision) == result.metrics["tta_accuracy"]
 
 
 def replace_section(cfg, section: str, **changes):
@@ -107,6 +123,14 @@ def test_register_takes_the_fine_tuned_model_when_it_is_chosen(trained, tmp_path
     fine = cfg.paths.finetune / "model" / WEIGHTS
     assert sha256_file(cfg.paths.model / WEIGHTS) == sha256_file(fine)
     assert load_classifier(cfg.paths.model).preprocess.size == 32
+    # What evaluate scored is what the registered model predicts, image for image: evaluate
+    # runs fp32 (evaluate.precision) like predict and the served model, so the champion gate
+    # and the metrics describe the model users get.
+    test = load_split(cfg.paths.prepared, "test")
+    served = load_model(str(cfg.paths.model)).predict(list(test.images.permute(0, 2, 3, 1).numpy()))
+    scored = load_predictions(predictions_path(cfg.paths.evaluation))
+    assert read_json(cfg.paths.evaluation / "summary.json")["details"]["precision"] == "fp32"
+    assert [int(np.argmax(row)) for row in served["probabilities"]] == scored.pred.tolist()
 
 
 def test_a_stale_fine_tuned_model_is_left_out_or_refused(trained, tmp_path, caplog):

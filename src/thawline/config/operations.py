@@ -31,6 +31,11 @@ class EvaluateParams(Section):
     # beside the plain score (tta_accuracy): softmax averaged over the image and its mirror
     # (flip), and shifts too (flip_shift: 6 views); none: off. Text models have no views.
     tta: TTAViews = "flip"
+    # Precision of the trained models' scoring (finetuned, scratch). fp32: the scores are what
+    # predict, the served model and the ONNX file compute, prediction for prediction. auto: the
+    # faster of fp32 and bf16 autocast, measured on this CPU (bf16 scores 2x faster where the
+    # CPU has AMX, and can change a few predictions out of thousands).
+    precision: Literal["fp32", "auto", "bf16"] = "fp32"
 
 
 class TrackingParams(Section):

@@ -128,8 +128,10 @@ def trained_on_images(
     the evaluated split)."""
     model = load_trained(folder, record)
     device = resolve_device("auto")
+    # fp32 by default (evaluate.precision): what predict, the pyfunc and the ONNX file compute
+    requested = cfg.evaluate.precision
     precision = choose_precision(
-        "auto", device, model, batch=PREDICT_BATCH, training=False, key="evaluate"
+        requested, device, model, batch=PREDICT_BATCH, training=False, key="evaluate.precision"
     ).precision
     data = store.load(split or cfg.evaluate.split)
     model, tta = model.to(device), None
@@ -148,6 +150,7 @@ def trained_on_images(
             "strategy": record.get("strategy", name),
             "reason": record.get("reason", ""),
             "image_size": str(model.preprocess.size),
+            "precision": precision.name,  # evaluate.precision's answer on this machine
             # finetune.ema: whether validation preferred the averaged weights (and so they are it)
             "weights": str((record.get("best") or {}).get("weights", "raw")),
             "weights_sha256": record["model_sha256"],
