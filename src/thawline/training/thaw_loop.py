@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from thawline.config import ConfigError, FinetuneParams
-from thawline.devices import Precision, autocast, resolve_device
+from thawline.devices import Precision, resolve_device
 from thawline.distributed import World
 from thawline.files import tensors_sha256
 from thawline.models.classifier import Classifier
@@ -35,11 +35,12 @@ from thawline.models.lora import merge_lora
 from thawline.models.preprocess import item_unit
 from thawline.precision_choice import agreed_precision
 from thawline.progress import progress_bar
-from thawline.stopping import deferred, interrupted, requested
+from thawline.stopping import deferred, interrupted
 from thawline.training.batches import deterministic
 from thawline.training.cached_phases import ActivationCaching, PhaseSource
 from thawline.training.ema import WeightAverage
-from thawline.training.fit_head import EpochCallback, NonFiniteLossError, loss_problem
+from thawline.training.fit_head import EpochCallback, NonFiniteLossError
+from thawline.training.guarded_step import GuardedStep
 from thawline.training.mixing import TrainingBatches
 from thawline.training.never_worse import NeverWorse
 from thawline.training.phase_lr import AutoLR
@@ -52,6 +53,7 @@ from thawline.training.phases import (
 )
 from thawline.training.replicas import PhaseWrapper, check_replicas
 from thawline.training.resumable import Resumable, remove_other_series
+from thawline.training.stoppable import Stoppable
 from thawline.training.unfreeze import (
     add_adapters,
     apply_phase,
@@ -151,11 +153,13 @@ def fine_tune(
     return result
 
 
-class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCaching, TrainingBatches):
+class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCaching, TrainingBatches,
+               GuardedStep, Stoppable):  # fmt: skip
     """The training state of one run (checkpoints: :class:`Resumable`; the best epoch and
     rollbacks: :class:`NeverWorse`; ``lr: auto`` phases: :class:`AutoLR`; ``ema``:
     :class:`WeightAverage`; phases on cached activations: :class:`ActivationCaching`; Mixup and
-    RandAugment: :class:`TrainingBatches`)."""
+    RandAugment: :class:`TrainingBatches`; the NaN guard: :class:`GuardedStep`; stopping when
+    asked: :class:`Stoppable`)."""
 
     def __init__(
         self, model, train, val, opts: FinetuneParams, seed, device, precision: Precision,
@@ -288,24 +292,6 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCaching, 
         self.world.broadcast_buffers(self.model)  # one set of BatchNorm statistics to validate
         return total / self.steps
 
-    def _stop_agreed(self) -> bool:
-        """Whether a stop was asked for here (or, under torchrun, in any process)."""
-        asked = requested() is not None
-        if self.world.size == 1:
-            return asked
-        return bool(self.world.all_sum(torch.tensor(float(asked), device=self.device)) > 0)
-
-    def _stop_mid_epoch(self, steps: int, total: float, generator: torch.Generator) -> None:
-        """Checkpoint the epoch as it stands (resumable at step ``steps``), then stop."""
-        self.step, self.partial_loss, self.epoch_generator = steps, total, generator.get_state()
-        self._checkpoint(self.folder, {})
-        raise interrupted(self._resume_hint(f"epoch {self.epoch + 1}, step {steps} of "
-                                            f"{self.steps}"))  # fmt: skip
-
-    def _resume_hint(self, where: str) -> str:
-        return (f"{self.label} checkpoint at {where} written to {self.folder}; rerun (dvc "
-                f"repro, or thawline stage {self.label}) to resume from it")  # fmt: skip
-
     def _validate(self, model: nn.Module | None = None) -> dict[str, float]:
         """Validation loss and accuracy of ``model`` (the one training, by default); each rank
         scores every ``world.size``-th image."""
@@ -317,46 +303,6 @@ class _Trainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCaching, 
             label_smoothing=self.opts.label_smoothing,
         )  # fmt: skip
         return metrics_from_sums(self.world.all_sum(sums))
-
-    def _step(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
-        with autocast(self.device, self.precision):
-            logits = net(x).float()
-            loss = self.loss_fn(logits, y)
-        # The mean over ranks, so that all of them stop together on a bad loss.
-        mean = self.world.all_sum(loss.detach().clone()) / self.world.size
-        if problem := loss_problem(mean, logits.shape[1]):
-            where = f"{problem} at epoch {self.epoch + 1}, step {step}"
-            self._non_finite(where, diverged=bool(torch.isfinite(mean)))
-        self.optimizer.zero_grad(set_to_none=True)  # frozen params keep grad None: never stepped
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if self.opts.clip_grad_norm is not None:
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            norm = nn.utils.clip_grad_norm_(params, self.opts.clip_grad_norm)
-            # With a GradScaler an fp16 overflow is expected: the scaler skips that step.
-            if self.scaler is None and not torch.isfinite(norm):
-                where = f"at epoch {self.epoch + 1}, step {step}"
-                self._non_finite(f"gradient norm became {norm.item()} {where}")
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
-        self._update_ema(self.epoch * self.steps + step + 1)
-        return mean.item()
-
-    def _non_finite(self, what: str, diverged: bool = False) -> None:
-        phase = self.timeline.phase(min(self.epoch, self.timeline.epochs - 1))
-        raise NonFiniteLossError(
-            f"finetune: {what} (phase LR {phase.lr}); "
-            "lower finetune.base_lr (or the phase's lr), keep finetune.clip_grad_norm set, "
-            "or use precision fp32",
-            diverged=diverged,
-        )
 
     def result(self, resumed: int, series: Path) -> FineTuneResult:
         check_replicas(self.model, self.world)
