@@ -48,6 +48,11 @@ class BadDocumentError(InputError, ValueError):
     """A text document that is empty, binary or not UTF-8 (under ``prepare.decoding: strict``)."""
 
 
+class RefusedInputError(InputError, ValueError):
+    """Rows a model refused to predict on: an image it cannot decode, a malformed value (the
+    message names the row or file)."""
+
+
 class WeightsError(InputError):
     """Backbone weights that cannot be had or do not fit the architecture."""
 

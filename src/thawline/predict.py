@@ -70,8 +70,8 @@ def predict_paths(
 
     Raises:
         BadImageError: A path that does not exist.
-        MlflowException: An image that cannot be decoded (the message names the file); the
-            CLI reports it as a TrackingError.
+        MlflowException: An image that cannot be decoded (the message names the file); under
+            ``mlflow_errors`` (the CLI) it is a RefusedInputError (exit 2).
         RegistryError: An alias that does not exist; never falls back to another version.
         TTAError: ``tta`` for a text model, or an unknown ``tta``.
     """

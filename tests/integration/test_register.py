@@ -115,13 +115,17 @@ def test_predict_with_tta_averages_each_image_and_its_mirror(pipeline, scenario,
     assert "choose from" in capsys.readouterr().err
 
 
-def test_predict_errors_name_the_problem(pipeline, scenario, tmp_path):
+def test_predict_errors_name_the_problem(pipeline, scenario, tmp_path, capsys):
     with pytest.raises(BadImageError, match="no such file or folder"):
         predict_paths(str(pipeline.cfg.paths.model), [tmp_path / "missing.png"])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG truncated")
     with pytest.raises(MlflowException, match="broken.png: cannot decode image"):
         predict_paths(str(pipeline.cfg.paths.model), [broken])
+    # The CLI: bad input (exit 2), the file named, not dressed as a tracking failure.
+    assert cli_main(["predict", "--model", str(pipeline.cfg.paths.model), str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.png: cannot decode image" in err and "MLflow" not in err
     nowhere = f"sqlite:///{tmp_path / 'none.db'}"
     with pytest.raises(RegistryError, match="no MLflow store"):
         predict_paths(f"models:/{NAME}@champion", [broken], tracking_uri=nowhere)

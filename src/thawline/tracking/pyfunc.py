@@ -18,15 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
-from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
 
 from thawline.data.images import BadImageError, decode_image, square_uint8
 from thawline.models.classifier import Classifier
 from thawline.models.storage import load_classifier
 from thawline.models.tta import TTAError, check_tta, tta_softmax
+from thawline.tracking.refusals import invalid
 
 MAX_PIXELS = 50_000_000  # as prepare.max_pixels: larger inputs are refused before decoding
 PIXEL_LIMIT = "the model's pixel limit"  # what a size error names (no params.yaml when served)
@@ -211,30 +210,6 @@ def _image_from_string(value: str, row: int, allow_paths: bool):
             f"image {row}: not base64 image bytes (a served model reads no files)"
         ) from None
     return decode_image(data, f"image {row}", MAX_PIXELS, PIXEL_LIMIT)
-
-
-class InputRefused(MlflowException):
-    """A bad-input error that MLflow's scoring server answers with HTTP 400, as written here.
-
-    The server rewrites a failed prediction's message to ``Failed to predict data '<the whole
-    request as a DataFrame>'. Error: ...``, echoing the client's data back (mlflow 3.17,
-    ``scoring_server.invocations``). The message is fixed when the error is made; later
-    assignments are ignored.
-    """
-
-    @property
-    def message(self) -> str:
-        return self._refusal
-
-    @message.setter
-    def message(self, value: str) -> None:
-        if not hasattr(self, "_refusal"):  # the first assignment is MlflowException.__init__'s
-            self._refusal = value
-
-
-def invalid(message: str) -> MlflowException:
-    """A bad-input error that MLflow's scoring server answers with HTTP 400."""
-    return InputRefused(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def model_signature(column: str = "image") -> ModelSignature:

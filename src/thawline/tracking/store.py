@@ -33,7 +33,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
 from thawline.config import Config
-from thawline.errors import RegistryError, TrackingError, TrackingUnreachable
+from thawline.errors import RefusedInputError, RegistryError, TrackingError, TrackingUnreachable
+from thawline.tracking.refusals import InputRefused
 
 _held_locks = threading.local()  # the store locks this thread holds (store_lock is reentrant)
 DEFAULT_URI = "sqlite:///mlflow.db"  # relative to the project root (project_root)
@@ -57,6 +58,8 @@ def mlflow_errors() -> Iterator[None]:
     thawline's base error and never import mlflow."""
     try:
         yield
+    except InputRefused as err:  # the input's fault, not the store's: exit 2, no "MLflow:"
+        raise RefusedInputError(err.message) from None
     except MlflowException as err:
         uri = mlflow.get_tracking_uri()
         if uri.startswith(("http://", "https://")) and unreachable(err):

@@ -15,7 +15,8 @@ import torch
 
 from thawline.models.classifier import Classifier
 from thawline.models.text_input import stack_tokens, tokenize
-from thawline.tracking.pyfunc import invalid, prediction_table
+from thawline.tracking.pyfunc import prediction_table
+from thawline.tracking.refusals import invalid
 
 MAX_DOCUMENTS = 1000  # per request; about a minute on a 2-core CPU at 256 tokens
 BATCH = 32
