@@ -112,12 +112,13 @@ def documents(paths: list[Path]) -> list[tuple[str, str]]:
 
     Raises:
         BadImageError: A path that does not exist, or a CSV file without a ``text`` column.
+        BadDocumentError: A file that is binary (an image given to a text model), or empty.
     """
     found: list[tuple[str, str]] = []
     for path in map(Path, paths):
         if path.is_dir():
             files = sorted(p for p in path.rglob("*.txt") if not _hidden(p.relative_to(path)))
-            found += [(str(p), p.read_text(errors="replace")) for p in files]
+            found += [(str(p), _read_document(p)) for p in files]
         elif path.suffix.lower() == ".csv" and path.is_file():
             with open(path, newline="", errors="replace") as f:
                 reader = csv.DictReader(f)
@@ -125,10 +126,18 @@ def documents(paths: list[Path]) -> list[tuple[str, str]]:
                     raise BadImageError(f"{path}: no 'text' column ({reader.fieldnames})")
                 found += [(f"{path}:{i}", row["text"]) for i, row in enumerate(reader, start=2)]
         elif path.is_file():
-            found.append((str(path), path.read_text(errors="replace")))
+            found.append((str(path), _read_document(path)))
         else:
             raise BadImageError(f"{path}: no such file or folder")
     return found
+
+
+def _read_document(path: Path) -> str:
+    """A text file as ``prepare`` reads one (bad bytes replaced, as ``prepare.decoding:
+    replace``): binary and empty files are refused, not classified."""
+    from thawline.data.documents import decode_document
+
+    return decode_document(path.read_bytes(), str(path), "replace")[0]
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
