@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from thawline.config import TTA_CHOICES
-from thawline.errors import BAD_INPUT, BadImageError
+from thawline.errors import BAD_INPUT, BadDocumentError, BadImageError
 from thawline.files import atomic_path
 
 DEFAULT_MODEL = "models:/thawline@champion"
@@ -97,6 +97,8 @@ def _predict_documents(model, paths: list[Path], texts: list[str], top_k: int):
     if model.modality != "text":
         raise BadImageError(f"{model.source}: an image model; --text needs a text model")
     named = [(f"text {i + 1}", t) for i, t in enumerate(texts)] + documents(paths)
+    if empty := [name for name, text in named if not text.strip()]:  # named as the user knows it
+        raise BadDocumentError(f"{', '.join(empty[:5])}: empty or whitespace only")
     rows: list[dict[str, Any]] = []
     for start in range(0, len(named), CHUNK):
         chunk = named[start : start + CHUNK]

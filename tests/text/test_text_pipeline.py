@@ -190,6 +190,13 @@ def test_finetune_evaluate_register_serve_and_predict(text_pipeline, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert proc.returncode == 2 and "image models only; this is a text model" in proc.stderr
+    (tmp_path / "rows.csv").write_text(f'text\n"{documents[0]}"\n"  "\n')
+    proc = subprocess.run(
+        [str(VENV_BIN / "thawline"), "predict", "--model", uri, "--tracking-uri",
+         cfg.tracking.uri, str(tmp_path / "rows.csv")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "rows.csv:3: empty or whitespace only" in proc.stderr
 
 
 def test_text_finetune_under_torchrun_with_lora(text_pipeline, tmp_path):
