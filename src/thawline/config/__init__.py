@@ -112,7 +112,10 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
+        raise ConfigError(
+            f"{path}: params file not found in {Path.cwd()}; run thawline in the project folder "
+            "(the one with params.yaml and dvc.yaml), or give the file with -p/--params"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
