@@ -25,6 +25,9 @@ stops while the test split is scored after each epoch (scoring is not training):
    BatchNorm on batch statistics (``finetune.freeze_bn: false``), so the ``fast`` profile is
    chosen from measurements. ``--thawline-epochs`` gives every thawline
    run that many epochs instead of the default's ``epochs_per_phase: auto``.
+7. ``thawline-top4``: the same start, then one phase of ``--top4-epochs`` epochs with the top 4
+   of Lite0's 8 groups thawed (blocks.3 up), EMA on, ``finetune.activation_cache`` from
+   ``--top4-cache``.
 
 Prints, per run, the wall time to reach 0.92, 0.93 and 0.94 test accuracy and the accuracy
 reached within each budget (``--budgets`` minutes), writes them to ``--json`` and plots test
@@ -61,7 +64,10 @@ from thawline.training.trained_model import load_training_data
 from thawline.training.validate import predict_logits
 
 THRESHOLDS = (0.92, 0.93, 0.94)
-RUNS = ("naive", "fastai", "thawline", "thawline-fast", "thawline-resize")
+RUNS = ("naive", "fastai", "thawline", "thawline-fast", "thawline-resize", "thawline-top4")
+# The top 4 of Lite0's 8 groups thawed (blocks.3 up: the lower half stays on ImageNet weights
+# and BatchNorm statistics), EMA on: ``--top4-epochs`` epochs of one phase.
+TOP4 = {"groups": 4, "lr": 0.001}
 LEVERS = {  # on the default, one at a time
     "thawline-ema": {"ema": True},
     "thawline-mixup": {"mixup_alpha": 0.2},
@@ -295,6 +301,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS),
                         choices=[*RUNS, *LEVERS])  # fmt: skip
     parser.add_argument("--fast-epochs", type=int, help="resize epochs (default 6; short 4)")
+    parser.add_argument("--top4-epochs", type=int, default=4, help="thawline-top4's epochs")
+    parser.add_argument("--top4-cache", default="auto", choices=["auto", "always", "never"],
+                        help="thawline-top4's finetune.activation_cache")  # fmt: skip
     parser.add_argument(
         "--thawline-epochs",
         type=int,
@@ -327,6 +336,9 @@ def main() -> None:
                 if args.thawline_epochs and name != "thawline-fast":
                     levers = levers | {"epochs_per_phase": args.thawline_epochs}
                 phases = fast if name == "thawline-resize" else None
+                if name == "thawline-top4":
+                    phases = [TOP4 | {"epochs": args.top4_epochs}]
+                    levers = {"ema": True, "activation_cache": args.top4_cache}
                 clock = thawline_run(cfg, test, phases, levers)
         results[name] = summary(clock.points, budgets) | (
             {"kept": clock.kept} if clock.kept else {}
