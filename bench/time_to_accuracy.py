@@ -236,7 +236,8 @@ def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
         clock.ema_points.append(clock.points[0])  # the average starts at the probe
 
     def ema_accuracy() -> float:  # from the checkpoint just written, as a resume would load it
-        (latest,) = [load_latest(series) for series in Path(tmp).iterdir()]
+        # the run's one checkpoint series (a cached phase's store sits beside it, hidden)
+        (latest,) = [load_latest(d) for d in Path(tmp).iterdir() if not d.name.startswith(".")]
         averaged.load_state_dict(latest.state["ema"])
         return accuracy(averaged)
 
