@@ -28,6 +28,10 @@ stops while the test split is scored after each epoch (scoring is not training):
 7. ``thawline-top4``: the same start, then one phase of ``--top4-epochs`` epochs with the top 4
    of Lite0's 8 groups thawed (blocks.3 up), EMA on, ``finetune.activation_cache`` from
    ``--top4-cache``.
+8. ``thawline-custom``: the same start, then the fine-tune that ``--set`` gives, as ``make
+   full`` would run it with ``FAST_PROFILE`` replaced by those ``-S`` items (for example
+   ``--set finetune.strategy=custom 'finetune.phases=[{groups:4,epochs:4,lr:0.001},
+   {groups:-1,epochs:2,lr:0.001}]' finetune.ema=true``): a candidate profile, measured alike.
 
 Prints, per run, the wall time to reach 0.92, 0.93 and 0.94 test accuracy and the accuracy
 reached within each budget (``--budgets`` minutes), writes them to ``--json`` and plots test
@@ -64,7 +68,15 @@ from thawline.training.trained_model import load_training_data
 from thawline.training.validate import predict_logits
 
 THRESHOLDS = (0.92, 0.93, 0.94)
-RUNS = ("naive", "fastai", "thawline", "thawline-fast", "thawline-resize", "thawline-top4")
+RUNS = (
+    "naive",
+    "fastai",
+    "thawline",
+    "thawline-fast",
+    "thawline-resize",
+    "thawline-top4",
+    "thawline-custom",
+)
 # The top 4 of Lite0's 8 groups thawed (blocks.3 up: the lower half stays on ImageNet weights
 # and BatchNorm statistics), EMA on: ``--top4-epochs`` epochs of one phase.
 TOP4 = {"groups": 4, "lr": 0.001}
@@ -206,7 +218,12 @@ def fast_profile() -> dict:
     ``dvc exp run -S``), validated on params.yaml."""
     text = Path("Makefile").read_text().replace("\\\n", " ")
     line = next(x for x in text.splitlines() if x.startswith("FAST_PROFILE :="))
-    overrides = shlex.split(line.split(":=", 1)[1])[1::2]  # -S key=value: the values
+    return profile(shlex.split(line.split(":=", 1)[1])[1::2])  # -S key=value: the values
+
+
+def profile(overrides: list[str]) -> dict:
+    """The finetune keys that ``overrides`` (``finetune.key=value``, as ``-S`` takes them)
+    change, validated on params.yaml."""
     fast = load_config("params.yaml", overrides).finetune.model_dump()
     default = load_config("params.yaml").finetune.model_dump()
     return {key: value for key, value in fast.items() if value != default[key]}
@@ -310,6 +327,8 @@ def main() -> None:
         type=int,
         help="epochs of the default's full thaw (default: epochs_per_phase auto)",
     )
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="thawline-custom's finetune overrides, as -S takes them")  # fmt: skip
     parser.add_argument("--per-class", type=int, help="training images per class (a subset)")
     parser.add_argument("--test-per-class", type=int, help="test images per class (a subset)")
     parser.add_argument("--json", type=Path, default=Path("reports/time_to_accuracy.json"))
@@ -334,6 +353,8 @@ def main() -> None:
                 clock = fastai_run(cfg, test, epochs)
             else:
                 levers = fast_profile() if name == "thawline-fast" else LEVERS.get(name, {})
+                if name == "thawline-custom":
+                    levers = profile(args.set)
                 if args.thawline_epochs and name != "thawline-fast":
                     levers = levers | {"epochs_per_phase": args.thawline_epochs}
                 phases = fast if name == "thawline-resize" else None
