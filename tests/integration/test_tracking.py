@@ -189,7 +189,7 @@ def test_a_real_tracking_server_via_mlflow_tracking_uri(prepared_small, tmp_path
 
 
 def test_stage_params_are_the_ones_it_reads(cfg, tmp_path):
-    from thawline.cli import run_stage
+    from thawline.stage_runner import run_stage
 
     store = tmp_path / "store"
     tried = small_config(
