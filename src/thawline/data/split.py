@@ -1,15 +1,21 @@
 """Subsampling, splits and cross-split duplicate detection (pure functions).
 
-A carved split is a function of each item's content hash and the seed, never of the other
-items: adding images to a folder never moves an existing image between train and test (so a
-champion is never scored on images it trained on), and new images land by the same rule.
-Identical files share a hash, so carving never puts copies in two splits.
+A carved split is a function of each item's content hash and the seed, not of the other items
+(two exceptions below): adding images to a folder does not move an existing image between train
+and test, so a champion is not scored on images it trained on, and new images land by the same
+rule. Identical files share a hash, so carving never puts copies in two splits.
 
 One exception keeps small classes measurable where training decisions are made: a class large
 enough for a stratified split to give it a val item (val_fraction x size >= 0.5), whose draws
 all missed, gets its lowest draw moved to val. The gate never scores on val, and this moves at
 most one item from train to val in a class's life (when it first grows large enough); after
 that the lowest draw only falls, so additions can send that item back to train, nothing more.
+
+The other cannot be avoided by any rule that looks only at the items present: a class whose
+every item drew test (a class of one item, 1 time in 10 at test_fraction 0.1) keeps its highest
+draw in train, since a class needs a training item to be learnt at all. When that class gains an
+item that draws train, the kept one goes to test, as its draw says: only classes that were
+this small are affected, and the guide says so.
 """
 
 from __future__ import annotations
