@@ -67,8 +67,8 @@ def test_random_overrides_validate_or_give_one_line_and_write_nothing(overrides,
     before = params.read_bytes()
     listing = sorted(os.listdir(tmp_path))
     argv = ["config", "-p", str(params)]
-    for key, value in overrides:
-        argv += ["-S", f"{key}={value}"]
+    for key, value in overrides:  # --set=: a key may start with "-" (argparse takes it whole)
+        argv.append(f"--set={key}={value}")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
