@@ -22,13 +22,13 @@ from thawline.models.storage import MODEL_SPEC as SPEC
 from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
 from thawline.models.storage import load_classifier
 from thawline.models.tta import check_tta
-from thawline.tracking.pyfunc import classify
-from thawline.tracking.registry import (
+from thawline.tracking.aliases import (
     CHAMPION,
     alias_version,
     dangling_alias_message,
     recorded_champion,
 )
+from thawline.tracking.pyfunc import classify
 from thawline.tracking.store import client_for, relocated, sqlite_path
 from thawline.tracking.store import tracking_uri as default_tracking_uri
 

@@ -28,15 +28,21 @@ from thawline.errors import RegistryError
 from thawline.files import read_json
 from thawline.models.storage import MODEL_SPEC as SPEC
 from thawline.models.storage import MODEL_WEIGHTS as WEIGHTS
+from thawline.tracking.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_CHAMPION,
+    alias_version,
+    dangling_alias_message,
+    recorded_champion,
+)
 from thawline.tracking.provenance import flatten
 from thawline.tracking.pyfunc import input_example, model_signature
 from thawline.tracking.runs import Tracker
 from thawline.tracking.store import Store, relocated, store_lock, with_retry
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_DIGEST = "thawline.model_sha256"
 TAG_DECISION = "thawline.gate"  # the whole decision as JSON; thawline.gate.<field> for the UI
-TAG_CHAMPION = "thawline.champion_version"  # on the registered model
 TAG_EXPERIMENT = "thawline.experiment"  # a version a DVC experiment registered (no alias)
 PREDICTIONS_DIR = "evaluation"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
@@ -230,23 +236,6 @@ def apply_decision(
     return _registered(with_retry(lambda: client.get_model_version(name, number)))
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version an alias points at; None when the alias or the model does not exist."""
-    try:
-        model = with_retry(lambda: client.get_registered_model(name))
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    return model.aliases.get(alias)
-
-
-def aliases(client: MlflowClient, name: str) -> dict[str, int]:
-    """Alias -> version of a registered model."""
-    model = with_retry(lambda: client.get_registered_model(name))
-    return {alias: int(number) for alias, number in model.aliases.items()}
-
-
 def model_digest(model_dir: Path) -> str:
     """sha256 over the model's weights and spec: equal digests mean the same model."""
     h = hashlib.sha256()
@@ -281,30 +270,6 @@ def requirements() -> list[str]:
 
 def _registered(mv: ModelVersion, reused: bool = False) -> Registered:
     return Registered(mv.name, int(mv.version), mv.run_id, dict(mv.tags or {}), reused)
-
-
-def recorded_champion(client: MlflowClient, name: str) -> str | None:
-    """The champion version thawline last set (a registered-model tag), if any."""
-    try:
-        model = with_retry(lambda: client.get_registered_model(name))
-    except MlflowException:
-        return None
-    return (model.tags or {}).get(TAG_CHAMPION)
-
-
-def dangling_alias_message(client: MlflowClient, name: str, alias: str, recorded: str) -> str:
-    """Why an alias thawline set is gone, and how to fix it."""
-    try:
-        with_retry(lambda: client.get_model_version(name, recorded))
-        what = f"version {recorded} still exists, but the alias was removed"
-    except MlflowException:
-        what = f"it pointed at version {recorded}, which has been deleted"
-    return (
-        f"registered model '{name}': alias '{alias}' is gone ({what}). thawline never falls "
-        f"back to the latest version. Point it at a version you trust (MlflowClient()."
-        f"set_registered_model_alias('{name}', '{alias}', VERSION)), or delete the registered "
-        f"model tag '{TAG_CHAMPION}' to let the next registration become champion"
-    )
 
 
 def _quote(text: str) -> str:

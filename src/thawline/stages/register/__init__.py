@@ -35,10 +35,10 @@ from thawline.models.storage import head_files, save_classifier
 from thawline.stage_table import MODELS, StageResult, trained_by
 from thawline.stages.register.portable import export_portable
 from thawline.tracking import load_model, mlflow_errors, stage_run
+from thawline.tracking.aliases import aliases
 from thawline.tracking.provenance import run_tags as run_tags_of
 from thawline.tracking.registry import (
     Registered,
-    aliases,
     apply_decision,
     current_champion,
     describe_version,
