@@ -334,6 +334,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("reports/time_to_accuracy.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/time_to_accuracy.png"))
     args = parser.parse_args()
+    if ("thawline-custom" in args.runs) != bool(args.set):
+        parser.error("--set and the thawline-custom run go together: give both or neither")
+    if not_finetune := [item for item in args.set if not item.startswith("finetune.")]:
+        parser.error(f"--set {not_finetune}: only finetune.* keys (the profile's fine-tune)")
     per_class, test_per_class = (1000, 500) if args.short else (None, None)
     per_class, test_per_class = args.per_class or per_class, args.test_per_class or test_per_class
     budgets = args.budgets or ([2, 4, 8] if args.short else [5, 10, 20])
