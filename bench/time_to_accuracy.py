@@ -49,16 +49,14 @@ import copy
 import json
 import shlex
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from tta_rivals import Clock, fastai_run, naive  # bench/ is the script's folder
 
 from thawline.config import FinetuneParams, config_from_dict, load_config
 from thawline.data.store import load_split
-from thawline.models.backbone import create_backbone
 from thawline.precision_choice import cpu_model
 from thawline.stages import extract, finetune, prepare, train_head
 from thawline.training.checkpoint import load_latest
@@ -85,25 +83,6 @@ LEVERS = {  # on the default, one at a time
     "thawline-mixup": {"mixup_alpha": 0.2},
     "thawline-batchstats": {"freeze_bn": False},
 }
-SIZE = 64
-
-
-class Clock:
-    """Wall time of training only: paused while the test split is scored."""
-
-    def __init__(self):
-        self.started, self.paused = time.perf_counter(), 0.0
-        self.points: list[tuple[float, float]] = []  # (training seconds, test accuracy)
-        self.ema_points: list[tuple[float, float]] = []  # the same for EMA weights, if any
-        self.kept: dict | None = None  # thawline: the weights the stage keeps, scored once
-
-    def score(self, accuracy_fn, ema: bool = False) -> None:
-        now = time.perf_counter()
-        accuracy = accuracy_fn()
-        points = self.ema_points if ema else self.points
-        points.append((now - self.started - self.paused, accuracy))
-        self.paused += time.perf_counter() - now
-        print(f"  {points[-1][0]:7.1f} s  test {accuracy:.4f}{' (EMA)' if ema else ''}", flush=True)
 
 
 def project(base: Path, per_class: int | None, test_per_class: int | None):
@@ -120,97 +99,6 @@ def project(base: Path, per_class: int | None, test_per_class: int | None):
                                for c in range(10)])  # fmt: skip
         return cfg, (test.images[keep], test.labels[keep])
     return cfg, (test.images, test.labels)
-
-
-def naive(cfg, test, epochs: int) -> Clock:
-    """The tutorials' loop (see the module docstring)."""
-    import torchvision.transforms.v2 as T
-
-    backbone = create_backbone(cfg.backbone)
-    model = backbone.model
-    model.reset_classifier(10)
-    mean, std = backbone.data_config["mean"], backbone.data_config["std"]
-    prep = T.Compose([T.Resize(SIZE, antialias=True), T.ToDtype(torch.float32, scale=True),
-                      T.Normalize(mean, std)])  # fmt: skip
-    (images, labels), _ = load_training_data(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def accuracy() -> float:
-        model.eval()
-        with torch.no_grad():
-            preds = torch.cat([model(prep(x)).argmax(1) for x in test[0].split(256)])
-        model.train()
-        return (preds == test[1]).float().mean().item()
-
-    clock = Clock()
-    for _ in range(epochs):
-        order = torch.randperm(len(labels))
-        for start in range(0, len(order) - 63, 64):
-            idx = order[start : start + 64]
-            loss = nn.functional.cross_entropy(model(prep(images[idx])), labels[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        clock.score(accuracy)
-    return clock
-
-
-def fastai_run(cfg, test, epochs: int) -> Clock:
-    """fastai 2.8's vision_learner + lr_find + fine_tune (see the module docstring)."""
-    from fastai.vision.all import (
-        Callback,
-        CategoryBlock,
-        DataBlock,
-        ImageBlock,
-        IndexSplitter,
-        Normalize,
-        PILImage,
-        Resize,
-        accuracy,
-        aug_transforms,
-        vision_learner,
-    )  # fmt: skip
-
-    store = load_split(cfg.paths.prepared, "train")
-    val = load_split(cfg.paths.prepared, "val")
-    # One array, so that test_dl's items go through the same get_x (test rows come last).
-    images = torch.cat([store.images, val.images, test[0]]).permute(0, 2, 3, 1).numpy()
-    labels = torch.cat([store.labels, val.labels]).numpy()
-    block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock), get_items=lambda _: list(range(len(labels))),
-        get_x=lambda i: PILImage.create(images[i]), get_y=lambda i: int(labels[i]),
-        splitter=IndexSplitter(list(range(len(store.labels), len(labels)))),
-        item_tfms=Resize(SIZE), batch_tfms=aug_transforms(),
-    )  # fmt: skip
-    dls = block.dataloaders(None, bs=64)
-    backbone = create_backbone(cfg.backbone)  # the packaged weights, as thawline loads them
-    learn = vision_learner(dls, "tf_efficientnet_lite0", pretrained=False, normalize=False,
-                           metrics=accuracy)  # fmt: skip
-    missing = learn.model[0].model.load_state_dict(backbone.model.state_dict(), strict=False)
-    assert not missing.missing_keys, missing.missing_keys
-    dls.add_tfms([Normalize.from_stats(backbone.data_config["mean"],
-                                       backbone.data_config["std"])], "after_batch")  # fmt: skip
-    learn.freeze()  # what vision_learner does for pretrained weights
-    test_dl = dls.test_dl(list(range(len(labels), len(images))))
-    clock = Clock()
-
-    def test_accuracy() -> float:
-        learn.model.eval()
-        with torch.no_grad():
-            preds = torch.cat([learn.model(xb).argmax(1).cpu() for (xb,) in test_dl])
-        learn.model.train()
-        return (preds == test[1]).float().mean().item()
-
-    class ScoreTest(Callback):
-        order = 100  # after the Recorder
-
-        def after_epoch(self):
-            clock.score(test_accuracy)
-
-    base_lr = learn.lr_find(show_plot=False).valley
-    print(f"  fastai lr_find valley: {base_lr:.2e}")
-    learn.fine_tune(epochs, base_lr, cbs=[ScoreTest()])
-    return clock
 
 
 def fast_profile() -> dict:

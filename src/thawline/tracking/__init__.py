@@ -7,8 +7,9 @@ registered or saved model for ``thawline predict``.
 
 from thawline.errors import RegistryError
 from thawline.tracking.loading import Predictor, load_classifier_from, load_model
-from thawline.tracking.runs import NullTracker, Tracker, pipeline_run, stage_run
+from thawline.tracking.runs import pipeline_run, stage_run
 from thawline.tracking.store import mlflow_errors, tracking_uri
+from thawline.tracking.tracker import NullTracker, Tracker
 
 __all__ = [
     "NullTracker",

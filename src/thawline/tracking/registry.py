@@ -38,8 +38,8 @@ from thawline.tracking.aliases import (
 )
 from thawline.tracking.provenance import flatten
 from thawline.tracking.pyfunc import input_example, model_signature
-from thawline.tracking.runs import Tracker
 from thawline.tracking.store import Store, relocated, store_lock, with_retry
+from thawline.tracking.tracker import Tracker
 
 TAG_DIGEST = "thawline.model_sha256"
 TAG_DECISION = "thawline.gate"  # the whole decision as JSON; thawline.gate.<field> for the UI

@@ -3,7 +3,7 @@ NaN/inf or diverging loss and a non-finite gradient norm stop the run before the
 (training/never_worse.py decides whether a divergence is retried), gradient clipping, fp16's
 GradScaler, the schedule and the EMA update.
 
-A mixin of the thaw loop's trainer (training/thaw_loop.py), which owns the state it reads.
+A mixin of the thaw loop's trainer (training/thaw_trainer.py), which owns the state it reads.
 """
 
 from __future__ import annotations

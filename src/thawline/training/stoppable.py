@@ -2,7 +2,7 @@
 the epoch as it stands is checkpointed so that it resumes at the next step, and the error says
 where the checkpoint is and how to resume.
 
-A mixin of the thaw loop's trainer (training/thaw_loop.py), which owns the state it reads.
+A mixin of the thaw loop's trainer (training/thaw_trainer.py), which owns the state it reads.
 """
 
 from __future__ import annotations

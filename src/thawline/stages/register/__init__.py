@@ -47,8 +47,8 @@ from thawline.tracking.registry import (
     log_and_register,
     record_experiment_decision,
 )
-from thawline.tracking.runs import Tracker
 from thawline.tracking.store import Store, experiment_name, in_temp_copy
+from thawline.tracking.tracker import Tracker
 from thawline.training.records import read_record
 from thawline.training.trained_model import load_trained
 
