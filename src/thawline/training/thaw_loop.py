@@ -4,9 +4,10 @@
 to :class:`~thawline.training.thaw_trainer.ThawTrainer`, which holds the state and the epochs.
 
 The loop reads uint8 images and makes each batch on the fly (resize, flip + shift, normalise),
-runs in bf16 autocast where the hardware has it, clips gradients, and writes a checkpoint after
-every epoch. It reports through ``on_epoch_end`` and never logs to a tracker. Under torchrun
-(a :class:`~thawline.distributed.World` of several processes) the model is wrapped in
+runs at the precision ``precision: auto`` measured fastest on this machine
+(precision_choice.py), clips gradients, and writes a checkpoint after every epoch. It reports
+through ``on_epoch_end`` and never logs to a tracker. Under torchrun (a
+:class:`~thawline.distributed.World` of several processes) the model is wrapped in
 DistributedDataParallel and a DistributedSampler deals each epoch's shuffled order to the ranks;
 ``batch_size`` stays the global batch, so the steps, the schedule and the averaged gradient are
 those of one process. The wrapper is rebuilt per phase (training/replicas.py says why). Only
