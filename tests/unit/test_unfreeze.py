@@ -21,6 +21,7 @@ from thawline.training.phases import (
 from thawline.training.unfreeze import (
     apply_phase,
     bn_running_stats,
+    depthwise_names,
     layer_names,
     param_groups,
     set_attention_dropout,
@@ -189,6 +190,32 @@ def _check_bn_stats(before, after, model, frozen_groups):
         not torch.equal(before[f"{prefix}{m}.running_mean"], after[f"{prefix}{m}.running_mean"])
         for m in thawed
     )
+
+
+def test_train_depthwise_false_keeps_depthwise_kernels_and_trains_the_rest(model):
+    backbone = model.features.backbone.model
+    depthwise = depthwise_names(backbone)
+    convs = [m for m in backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert depthwise and len(depthwise) < sum(1 for _ in convs)  # Lite0 has both kinds
+    assert all(name.endswith("conv_dw.weight") for name in depthwise)
+    model.train()
+    apply_phase(model, Phase(len(layer_names(model)), 1, 1e-3), train_depthwise=False)
+    named = dict(backbone.named_parameters())
+    assert not any(named[name].requires_grad for name in depthwise)
+    grouped = {name for group in layer_names(model) for name in group}
+    assert all(named[name].requires_grad for name in grouped - depthwise)
+    before = {name: named[name].detach().clone() for name in grouped}
+    optimizer = torch.optim.AdamW(p for p in model.parameters() if p.requires_grad)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    torch.nn.functional.cross_entropy(model(images), torch.arange(8) % 10).backward()
+    optimizer.step()
+    assert all(torch.equal(before[name], named[name]) for name in depthwise)
+    pointwise = [name for name in grouped - depthwise if name.endswith("conv_pw.weight")]
+    assert pointwise and all(not torch.equal(before[n], named[n]) for n in pointwise)
+    assert unfrozen_groups(model) == list(range(len(layer_names(model))))
+    model.train()
+    apply_phase(model, Phase(len(layer_names(model)), 1, 1e-3))  # the default trains them
+    assert all(named[name].requires_grad for name in depthwise)
 
 
 def test_freeze_bn_keeps_every_batchnorm_in_eval(model):

@@ -104,6 +104,10 @@ class FinetuneParams(Section):
     # batch statistics changes them under it (docs/benchmarks.md, "Never worse"). false: thawed
     # groups' BatchNorm uses batch statistics and updates its running ones.
     freeze_bn: bool = True
+    # false: depthwise convolutions keep their pretrained kernels in thawed groups (their other
+    # weights and BatchNorm train). On a CPU their weight gradient is most of a step at small
+    # maps: Lite0 at 64 px stepped 1.4-1.6x faster without it (docs/benchmarks.md).
+    train_depthwise: bool = True
     batch_size: int = Field(default=64, gt=1)
     # null = extract's input size; 64 trains about 4x faster than 128 px on a CPU
     image_size: int | None = Field(default=64, gt=0, le=2048)

@@ -226,12 +226,13 @@ def prune_stores(folder: Path, keep: set[str]) -> None:
 def measure(
     model: Classifier, groups: int, preprocess: Preprocess, images: torch.Tensor,
     labels: torch.Tensor, batch: int, precision, device: torch.device, freeze_bn: bool,
+    train_depthwise: bool = True,
 ) -> dict[str, float]:  # fmt: skip
     """Seconds per image of a live training step, of the frozen part alone and of a step of
     the top, timed on a copy of the model (its BatchNorm statistics and the caller's random
     state stay as they are)."""
     twin = copy.deepcopy(model).train()
-    apply_phase(twin, Phase(groups, 1, 1.0), freeze_bn=freeze_bn)
+    apply_phase(twin, Phase(groups, 1, 1.0), freeze_bn=freeze_bn, train_depthwise=train_depthwise)
     cut = cut_for(twin, groups)
     assert isinstance(cut, Cut)
     top, loss_fn = TopNetwork(twin, cut.top), nn.CrossEntropyLoss()

@@ -90,7 +90,7 @@ class ActivationCaching:
         images, labels = self.train
         timed = measure(self.model, groups, self._phase_preprocess(phase), images, labels,
                         self.rank_batch, self.precision, self.device,
-                        self.opts.freeze_bn)  # fmt: skip
+                        self.opts.freeze_bn, self.opts.train_depthwise)  # fmt: skip
         views = view_count(self.opts, self.model.preprocess)
         cached, why = decide(timed, len(labels), epochs, views, self.opts.activation_cache_gb)
         log.info("finetune: phase %d (top %d groups, frozen below %s): %s (%s)", phase + 1,

@@ -57,7 +57,7 @@ def find_phase_lr(
     device = next(model.parameters()).device
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.train()
-    apply_phase(model, phase, freeze_bn=opts.freeze_bn)
+    apply_phase(model, phase, freeze_bn=opts.freeze_bn, train_depthwise=opts.train_depthwise)
     groups = param_groups(model, opts.weight_decay)
     for group, ratio in zip(groups, ratios, strict=True):
         group["ratio"] = ratio

@@ -159,7 +159,8 @@ class ThawTrainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCachin
 
     def _train_epoch(self, phase: int, bar, source: PhaseSource | None) -> float:
         self.model.train()
-        apply_phase(self.model, self.timeline.phase(self.epoch), freeze_bn=self.opts.freeze_bn)
+        apply_phase(self.model, self.timeline.phase(self.epoch), freeze_bn=self.opts.freeze_bn,
+                    train_depthwise=self.opts.train_depthwise)  # fmt: skip
         net, views = self.wrapper.network(phase), None
         preprocess = self._phase_preprocess(phase)  # its own input size when progressive
         if source is not None:  # the frozen part's output, computed once: only the top trains

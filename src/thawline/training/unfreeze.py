@@ -42,17 +42,22 @@ def layer_names(model: Classifier) -> list[list[str]]:
     return model.features.backbone.layer_groups()
 
 
-def apply_phase(model: Classifier, phase: Phase, *, freeze_bn: bool = False) -> None:
+def apply_phase(
+    model: Classifier, phase: Phase, *, freeze_bn: bool = False, train_depthwise: bool = True
+) -> None:
     """Make the top ``phase.groups`` layer groups and the head trainable; freeze the rest.
 
     Call after ``model.train()``: BatchNorm of frozen groups (all of them with ``freeze_bn``)
-    goes back to eval mode, so its running statistics stay as they are.
+    goes back to eval mode, so its running statistics stay as they are. Without
+    ``train_depthwise`` the depthwise convolutions of thawed groups stay frozen too.
     """
     backbone = model.features.backbone.model
     names = layer_names(model)
     trainable = {n for g in names[len(names) - phase.groups :] for n in g}
     if has_lora(backbone):  # thaw: lora: a thawed layer trains its adapters, not its weights
         trainable = {n for n in trainable if is_adapter(n)}
+    if not train_depthwise:
+        trainable -= depthwise_names(backbone)
     for name, param in backbone.named_parameters():
         param.requires_grad_(name in trainable)
     model.head.requires_grad_(True)
@@ -63,6 +68,16 @@ def apply_phase(model: Classifier, phase: Phase, *, freeze_bn: bool = False) -> 
         frozen = not own or not all(n in trainable for n in own)
         if freeze_bn or frozen:
             module.eval()
+
+
+def depthwise_names(module: nn.Module) -> set[str]:
+    """Parameter names of the depthwise convolutions in ``module`` (one filter per channel)."""
+    return {
+        f"{name}.{n}"
+        for name, conv in module.named_modules()
+        if isinstance(conv, nn.Conv2d) and 1 < conv.groups == conv.in_channels
+        for n, _ in conv.named_parameters(recurse=False)
+    }
 
 
 def unfrozen_groups(model: Classifier) -> list[int]:
