@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from tests.finetune_support import OPTS, Stop, comparable, run, same_weights, tiny_model
+from tests.finetune_support import (
+    OPTS,
+    Stop,
+    comparable,
+    run,
+    same_weights,
+    tiny_model,
+)
 from thawline.config import FinetuneParams
 from thawline.devices import Precision
 from thawline.training.activation_cache import (
@@ -22,8 +29,9 @@ from thawline.training.activation_cache import (
     measure,
 )
 from thawline.training.batches import training_batch
+from thawline.training.checkpoint import load_latest
 from thawline.training.phases import Phase
-from thawline.training.unfreeze import apply_phase
+from thawline.training.unfreeze import apply_phase, depthwise_names
 
 CACHED = {
     "phases": [{"groups": 2, "epochs": 2, "lr": 3e-3}, {"groups": -1, "epochs": 1, "lr": 1e-3}],
@@ -83,6 +91,23 @@ def test_a_cached_phase_trains_records_its_decision_and_resumes_exactly(finetune
     live = run(finetune_data, tmp_path / "live", **CACHED | {"activation_cache": "never"})
     assert [p["cached"] for p in live.activation_cache] == [False, False]
     assert not (tmp_path / "live" / ".activations").exists()
+
+
+@pytest.mark.parametrize("cache", ["always", "never"])
+def test_train_depthwise_false_trains_around_the_kernels_live_and_cached(
+    finetune_data, tmp_path, cache
+):
+    start = tiny_model().state_dict()
+    prefix = "features.backbone.model."
+    depthwise = {prefix + n for n in depthwise_names(tiny_model().features.backbone.model)}
+    pointwise = {k for k in start if k.endswith("conv_pw.weight") and ".blocks.6." in k}
+    changes = {"activation_cache": cache, "train_depthwise": False, "rollback_tolerance": 1.0}
+    run(finetune_data, tmp_path, **CACHED | changes)  # no rollback: the last epoch's weights
+    (plan,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".activations"]
+    last = load_latest(plan)
+    assert last is not None and last.epoch == 3
+    assert depthwise and all(torch.equal(last.model[k], start[k]) for k in depthwise)
+    assert pointwise and all(not torch.equal(last.model[k], start[k]) for k in pointwise)
 
 
 def test_the_store_is_keyed_by_its_inputs(finetune_data):
