@@ -29,9 +29,10 @@ from thawline.training.activation_cache import (
     measure,
 )
 from thawline.training.batches import training_batch
-from thawline.training.checkpoint import load_latest
+from thawline.training.checkpoint import load_checkpoint, load_latest
 from thawline.training.phases import Phase
 from thawline.training.unfreeze import apply_phase, depthwise_names
+from thawline.training.validate import metrics_from_sums, validation_sums
 
 CACHED = {
     "phases": [{"groups": 2, "epochs": 2, "lr": 3e-3}, {"groups": -1, "epochs": 1, "lr": 1e-3}],
@@ -108,6 +109,37 @@ def test_train_depthwise_false_trains_around_the_kernels_live_and_cached(
     assert last is not None and last.epoch == 3
     assert depthwise and all(torch.equal(last.model[k], start[k]) for k in depthwise)
     assert pointwise and all(not torch.equal(last.model[k], start[k]) for k in pointwise)
+
+
+def test_a_cached_phase_validates_on_the_top_alone_and_scores_as_live(
+    finetune_data, tmp_path, monkeypatch, caplog
+):
+    import thawline.training.thaw_trainer as trainer
+
+    live_calls = []
+    live = trainer.predict_logits
+    monkeypatch.setattr(
+        trainer, "predict_logits", lambda *a, **k: live_calls.append(1) or live(*a, **k)
+    )
+    caplog.set_level("INFO", logger="thawline.training.cached_phases")
+    result = run(finetune_data, tmp_path, **CACHED | {"ema": True})
+    (_, _), (val_images, val_labels) = finetune_data
+    # Epoch 0 live; the cached phase's 2 epochs score raw and EMA weights on the stored
+    # validation states (computed once); the full thaw after it runs live again (raw + EMA).
+    assert len(live_calls) == 1 + 2
+    computed = [r for r in caplog.records if "validation states of" in r.message]
+    assert len(computed) == 1 and f"of {len(val_labels)} items at blocks.5" in computed[0].message
+    (plan,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != ".activations"]
+    opts = FinetuneParams(**OPTS | CACHED)
+    for epoch in (1, 2):  # the cached phase's epochs, scored again live from their checkpoints
+        model = tiny_model()
+        model.load_state_dict(load_checkpoint(plan / f"epoch-{epoch:04d}").model)
+        again = metrics_from_sums(validation_sums(
+            model, val_images, val_labels, batch_size=2 * opts.batch_size,
+            label_smoothing=opts.label_smoothing))  # fmt: skip
+        scored = result.history[epoch]
+        assert scored["val_accuracy"] == again["val_accuracy"]
+        assert scored["val_loss"] == pytest.approx(again["val_loss"], rel=1e-5)
 
 
 def test_the_store_is_keyed_by_its_inputs(finetune_data):

@@ -44,6 +44,7 @@ from thawline.models.backbone import kept_modes
 from thawline.models.classifier import Classifier
 from thawline.models.preprocess import Preprocess, channels_last, is_text, pool
 from thawline.training.batches import training_batch
+from thawline.training.frozen_forward import frozen_forward
 from thawline.training.phases import Phase
 from thawline.training.unfreeze import apply_phase, layer_names
 
@@ -190,7 +191,7 @@ def build_store(
 def _compute(cut, preprocess, images, opts, seed, precision, device, views: int) -> torch.Tensor:
     """``[views, N, C, H, W]``: view 0 plain, view k flipped and shifted as training draws
     (text: ``[1, N, L, D]``, every document's hidden states padded to the inputs' length)."""
-    batch, out = 256, None
+    batch, out, forward = 256, None, None
     for k in range(views):
         generator = torch.Generator().manual_seed(seed * 7919 + k)
         for start in range(0, len(images), batch):
@@ -198,8 +199,9 @@ def _compute(cut, preprocess, images, opts, seed, precision, device, views: int)
                 images[start : start + batch].to(device), preprocess, augment=k > 0,
                 max_shift=opts.max_shift, generator=generator,
             )  # fmt: skip
+            forward = forward or frozen_forward(cut.bottom, cut.enter, x, precision)
             with autocast(device, precision):
-                h = _stored(bottom_forward(cut, x), images.shape[-1]).to("cpu", STORE_DTYPE)
+                h = _stored(forward(x), images.shape[-1]).to("cpu", STORE_DTYPE)
             if out is None:
                 out = torch.empty((views, len(images), *h.shape[1:]), dtype=STORE_DTYPE)
             out[k, start : start + len(h)] = h

@@ -4,14 +4,21 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from thawline.devices import autocast
+from thawline.models.backbone import kept_modes
+from thawline.models.classifier import Classifier
+from thawline.models.preprocess import channels_last
 from thawline.training.activation_cache import (
     ActivationStore,
     Cut,
     TopNetwork,
+    bottom_forward,
     build_store,
     cut_for,
     decide,
@@ -28,12 +35,24 @@ MIN_STEPS = 50  # auto: shorter phases run live unmeasured (timing them costs ~1
 
 
 @dataclass
+class ValidationStates:
+    """The validation items' boundary states, one per validation batch, as the live frozen part
+    hands them to the top (float32 or the autocast dtype, never rounded to the store's float16):
+    a cached validation scores what a live one scores, so every epoch compares with epoch 0."""
+
+    frozen: list[torch.Tensor]  # the frozen part's weights and buffers they were computed with
+    states: list[Any]
+
+
+@dataclass
 class PhaseSource:
     """What a cached phase trains (the top) and on what (the store), for one timeline run."""
 
     run: int
+    groups: int
     top: TopNetwork
     store: ActivationStore
+    val: ValidationStates | None = None  # computed at the run's first validation
 
     def batch(self, rows: torch.Tensor, views: torch.Tensor, device) -> torch.Tensor:
         return self.store.batch(rows, views[rows], device)
@@ -65,8 +84,57 @@ class ActivationCaching:
         store = build_store(cut, preprocess, images, self.opts, self.seed, self.precision,
                             self.device, folder, digest)  # fmt: skip
         plan["store"] = digest
-        self._source = PhaseSource(run, TopNetwork(self.model, cut.top), store)
+        self._source = PhaseSource(run, self.timeline.phases[phase].groups,
+                                   TopNetwork(self.model, cut.top), store)  # fmt: skip
         return self._source
+
+    @torch.inference_mode()
+    def _cached_val_logits(self, model: Classifier) -> torch.Tensor | None:
+        """``model``'s validation logits from the cached run's validation states (computed at
+        its first validation), or None to validate live: no cached run, or ``model``'s frozen
+        part is not the one they came from (an EMA average that trained it in an earlier
+        phase, weights rolled back to such an epoch)."""
+        source = self._source
+        if source is None or self.val is None or self.world.size > 1:
+            return None
+        cut = cut_for(model, source.groups)
+        if not isinstance(cut, Cut):
+            return None
+        if source.val is None:
+            source.val = self._validation_states(cut)
+        if not source.val.states or not _same(source.val.frozen, _frozen_state(cut)):
+            return None
+        model.eval()
+        top = TopNetwork(model, cut.top)
+        logits = []
+        for state in source.val.states:
+            with autocast(self.device, self.precision):
+                logits.append(top(state).float().cpu())
+        return torch.cat(logits)
+
+    def _validation_states(self, cut: Cut) -> ValidationStates:
+        """The frozen part's output for every validation batch (batches as the live
+        validation's), kept in memory; none when they would exceed ``activation_cache_gb``."""
+        images, budget = self.val[0], self.opts.activation_cache_gb * 2**30
+        states, size, done, started = [], 0, 0, time.perf_counter()
+        with kept_modes(cut.bottom):
+            for stage in cut.bottom:  # as the live validation runs them: model.eval()
+                stage.eval()
+            for chunk in images.split(self.val_batch_size):
+                x = chunk.to(self.device)
+                x = channels_last(x if x.is_floating_point() else self.model.preprocess(x))
+                with autocast(self.device, self.precision):
+                    states.append(bottom_forward(cut, x))
+                size, done = size + _bytes(states[-1]), done + len(chunk)
+                if size * len(images) / done > budget:
+                    log.info("finetune: validation runs live: its boundary states would "
+                             "take more than activation_cache_gb (%.1f GiB)",
+                             budget / 2**30)  # fmt: skip
+                    return ValidationStates([], [])
+        log.info("finetune: validation states of %d items at %s computed in %.1f s (%.2f GiB): "
+                 "each validation runs only the top", len(images), cut.boundary,
+                 time.perf_counter() - started, size / 2**30)  # fmt: skip
+        return ValidationStates([v.clone() for v in _frozen_state(cut)], states)
 
     def _plan_phase(self, phase: int) -> dict:
         groups = self.timeline.phases[phase].groups
@@ -101,3 +169,16 @@ class ActivationCaching:
     def _view_draws(self) -> torch.Tensor:
         views = view_count(self.opts, self.model.preprocess)
         return view_draws(len(self.train[1]), views, self.seed, self.epoch, self.world.rank)
+
+
+def _frozen_state(cut: Cut) -> list[torch.Tensor]:
+    return [v for m in cut.bottom for v in m.state_dict().values()]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _bytes(state: Any) -> int:
+    parts = state if isinstance(state, tuple | list) else (state,)
+    return sum(t.numel() * t.element_size() for t in parts if isinstance(t, torch.Tensor))

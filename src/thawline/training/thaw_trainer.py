@@ -43,7 +43,7 @@ from thawline.training.replicas import PhaseWrapper, check_replicas
 from thawline.training.resumable import Resumable
 from thawline.training.stoppable import Stoppable
 from thawline.training.unfreeze import apply_phase, layer_names, param_groups, release
-from thawline.training.validate import metrics_from_sums, validation_sums
+from thawline.training.validate import logit_sums, metrics_from_sums, predict_logits
 
 
 class ThawTrainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCaching, TrainingBatches,
@@ -186,16 +186,23 @@ class ThawTrainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCachin
         self.world.broadcast_buffers(self.model)  # one set of BatchNorm statistics to validate
         return total / self.steps
 
+    @property
+    def val_batch_size(self) -> int:
+        return 2 * self.rank_batch
+
     def _validate(self, model: nn.Module | None = None) -> dict[str, float]:
         """Validation loss and accuracy of ``model`` (the one training, by default); each rank
-        scores every ``world.size``-th image."""
+        scores every ``world.size``-th image. In a cached phase the frozen part's output for
+        the validation images is computed once, and each epoch runs only the top on it."""
+        model = self.model if model is None else model
         images, labels = self.val
         part = slice(self.world.rank, None, self.world.size)
-        sums = validation_sums(
-            self.model if model is None else model, images[part], labels[part],
-            batch_size=2 * self.rank_batch, precision=self.precision,
-            label_smoothing=self.opts.label_smoothing,
-        )  # fmt: skip
+        logits = self._cached_val_logits(model)
+        if logits is None:
+            logits = predict_logits(model, images[part], batch_size=self.val_batch_size,
+                                    precision=self.precision)  # fmt: skip
+        sums = logit_sums(logits, labels[part], self.opts.label_smoothing,
+                          next(model.parameters()).device)  # fmt: skip
         return metrics_from_sums(self.world.all_sum(sums))
 
     def finish(self) -> Classifier:

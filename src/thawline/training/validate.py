@@ -96,12 +96,19 @@ def validation_sums(
     Sums rather than means, so that the parts scored by several processes add up exactly.
     """
     logits = predict_logits(model, images, batch_size=batch_size, precision=precision)
+    # collectives need the sums where the model is (nccl)
+    return logit_sums(logits, labels, label_smoothing, next(model.parameters()).device)
+
+
+def logit_sums(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, device: torch.device
+) -> torch.Tensor:
+    """:func:`validation_sums` of logits already computed, on ``device``."""
     labels = labels.long()
     loss = nn.functional.cross_entropy(
         logits, labels, reduction="sum", label_smoothing=label_smoothing
     )
     correct = (logits.argmax(1) == labels).sum()
-    device = next(model.parameters()).device  # collectives need it where the model is (nccl)
     return torch.stack([loss.double(), correct.double(), torch.tensor(len(labels)).double()]).to(
         device
     )
