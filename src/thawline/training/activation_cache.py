@@ -29,6 +29,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,7 @@ def _compute(cut, preprocess, images, opts, seed, precision, device, views: int)
     """``[views, N, C, H, W]``: view 0 plain, view k flipped and shifted as training draws
     (text: ``[1, N, L, D]``, every document's hidden states padded to the inputs' length)."""
     batch, out, forward = 256, None, None
+    eager = partial(bottom_forward, cut)
     for k in range(views):
         generator = torch.Generator().manual_seed(seed * 7919 + k)
         for start in range(0, len(images), batch):
@@ -199,7 +201,7 @@ def _compute(cut, preprocess, images, opts, seed, precision, device, views: int)
                 images[start : start + batch].to(device), preprocess, augment=k > 0,
                 max_shift=opts.max_shift, generator=generator,
             )  # fmt: skip
-            forward = forward or frozen_forward(cut.bottom, cut.enter, x, precision)
+            forward = forward or frozen_forward(cut.bottom, cut.enter, eager, x, precision)
             with autocast(device, precision):
                 h = _stored(forward(x), images.shape[-1]).to("cpu", STORE_DTYPE)
             if out is None:

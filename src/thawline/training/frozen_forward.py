@@ -15,20 +15,18 @@ log = logging.getLogger(__name__)
 
 
 def frozen_forward(
-    stages: list[nn.Module], enter: Callable[[torch.Tensor], Any], example: torch.Tensor, precision
+    stages: list[nn.Module],
+    enter: Callable[[torch.Tensor], Any],
+    eager: Callable[[torch.Tensor], Any],
+    example: torch.Tensor,
+    precision,
 ) -> Callable[[torch.Tensor], Any]:
-    """``stages`` run one after the other on ``enter(x)``. Images in fp32 on a CPU: traced
-    and frozen by TorchScript, which folds BatchNorm into the convolutions, and checked
-    against the eager chain on ``example`` (within the store's float16 rounding); eager
-    otherwise (text, autocast, CUDA), where tracing fails or disagrees, and for any batch the
-    traced graph cannot take. Call with the stages in eval mode."""
-
-    def eager(x: torch.Tensor) -> Any:
-        h = enter(x)
-        for stage in stages:
-            h = stage(h)
-        return h
-
+    """``eager`` (``stages`` run one after the other on ``enter(x)``) as a faster function.
+    Images in fp32 on a CPU: traced and frozen by TorchScript, which folds BatchNorm into
+    the convolutions, and checked against ``eager`` on ``example`` (within the store's
+    float16 rounding); ``eager`` itself otherwise (text, autocast, CUDA), where tracing fails
+    or disagrees, and for any batch the traced graph cannot take. Call with the stages in eval
+    mode."""
     if example.ndim != 4 or example.device.type != "cpu" or precision.dtype is not None:
         return eager
     try:
