@@ -9,7 +9,7 @@ same 64 px input, on the machine at hand. Each run's clock covers all its traini
 stops while the test split is scored after each epoch (scoring is not training):
 
 1. ``naive``: the tutorials' loop: Lite0 + a linear head, every layer trainable, Adam 1e-4,
-   fp32, batch 64, no augmentation.
+   fp32, batch 64, no augmentation; on CUDA where there is a GPU (``model.to(device)``).
 2. ``fastai``: ``vision_learner`` on the same timm model with the packaged weights, fastai's
    default transforms at 64 px (``Resize(64)``, ``aug_transforms()``, the model's
    normalisation) and its default recipe: ``lr_find`` (valley) for ``base_lr``, then
@@ -260,7 +260,10 @@ def main() -> None:
         if clock.ema_points:
             results[f"{name} (EMA)"] = summary(clock.ema_points, budgets)
     threads = torch.get_num_threads()
-    title = f"Fashion-MNIST, {len(test[1])} test images; {cpu_model()}, {threads} threads"
+    machine = f"{cpu_model()}, {threads} threads"
+    if torch.cuda.is_available():  # the training device (naive and thawline alike)
+        machine = f"{torch.cuda.get_device_name()} ({machine})"
+    title = f"Fashion-MNIST, {len(test[1])} test images; {machine}"
     print(title)
     print(f"{'run':>20}  " + "  ".join(f"to {t:.2f}" for t in THRESHOLDS) + "  "
           + "  ".join(f"{b:>6g} min" for b in budgets))  # fmt: skip

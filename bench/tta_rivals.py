@@ -29,6 +29,8 @@ class Clock:
         self.kept: dict | None = None  # thawline: the weights the stage keeps, scored once
 
     def score(self, accuracy_fn, ema: bool = False) -> None:
+        if torch.cuda.is_available():  # the steps still queued on the GPU are training time
+            torch.cuda.synchronize()
         now = time.perf_counter()
         accuracy = accuracy_fn()
         points = self.ema_points if ema else self.points
@@ -42,8 +44,10 @@ def naive(cfg, test, epochs: int) -> Clock:
     import torchvision.transforms.v2 as T
 
     backbone = create_backbone(cfg.backbone)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as the tutorials do
     model = backbone.model
     model.reset_classifier(10)
+    model.to(device)
     mean, std = backbone.data_config["mean"], backbone.data_config["std"]
     prep = T.Compose([T.Resize(SIZE, antialias=True), T.ToDtype(torch.float32, scale=True),
                       T.Normalize(mean, std)])  # fmt: skip
@@ -53,7 +57,8 @@ def naive(cfg, test, epochs: int) -> Clock:
     def accuracy() -> float:
         model.eval()
         with torch.no_grad():
-            preds = torch.cat([model(prep(x)).argmax(1) for x in test[0].split(256)])
+            preds = torch.cat([model(prep(x.to(device))).argmax(1).cpu()
+                               for x in test[0].split(256)])  # fmt: skip
         model.train()
         return (preds == test[1]).float().mean().item()
 
@@ -62,7 +67,8 @@ def naive(cfg, test, epochs: int) -> Clock:
         order = torch.randperm(len(labels))
         for start in range(0, len(order) - 63, 64):
             idx = order[start : start + 64]
-            loss = nn.functional.cross_entropy(model(prep(images[idx])), labels[idx])
+            x, y = images[idx].to(device), labels[idx].to(device)
+            loss = nn.functional.cross_entropy(model(prep(x)), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -82,7 +82,7 @@ def test_unknown_hook_layer_is_a_clear_error(prepared_small, tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_extraction_agrees_with_cpu(prepared_small, tmp_path):
-    cpu_cfg = with_paths(prepared_small, tmp_path / "cpu", precision="fp32")
+    cpu_cfg = with_paths(prepared_small, tmp_path / "cpu", precision="fp32", device="cpu")
     cpu = extract.run(cpu_cfg, progress=False)
     gpu = extract.run(with_paths(prepared_small, tmp_path / "gpu", device="cuda"), progress=False)
     assert gpu.info["num_features"] == cpu.info["num_features"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from thawline.models.preprocess import Preprocess, continuous_round
@@ -27,3 +28,13 @@ def test_resize_float_follows_the_uint8_two_pass_resize(fashion_mnist_arrays):
         assert (graph - uint8).abs().mean() < 0.05
         if interpolation == "bicubic":  # ringing at sharp edges, which uint8 clips
             assert (one_pass - uint8).abs().max() > 10
+
+
+@pytest.mark.gpu
+def test_a_batch_resized_on_the_gpu_gets_the_cpus_pixels_to_a_level(fashion_mnist_arrays):
+    images = torch.from_numpy(fashion_mnist_arrays[0][:100].copy())[:, None].expand(-1, 3, -1, -1)
+    pre = Preprocess(64, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)
+    on_cpu = pre.resize(images.contiguous()).int()
+    on_gpu = pre.resize(images.contiguous().cuda())
+    assert on_gpu.dtype == torch.uint8 and on_gpu.device.type == "cuda"
+    assert (on_gpu.cpu().int() - on_cpu).abs().max() <= 1

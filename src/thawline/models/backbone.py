@@ -126,7 +126,8 @@ class Backbone(nn.Module):
                 self.model.eval()
                 with torch.random.fork_rng(devices=[]), torch.inference_mode():
                     torch.manual_seed(0)
-                    x = torch.randn(2, 3, min(size, 64), min(size, 64))
+                    device = next(self.model.parameters()).device  # the check runs where it is
+                    x = torch.randn(2, 3, min(size, 64), min(size, 64)).to(device)
                     expected = self.model.forward_features(x)
                     for _, module in chain:
                         x = module(x)

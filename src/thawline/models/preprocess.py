@@ -47,6 +47,11 @@ class Preprocess:
         Runs in DataLoader workers; staying in uint8 (as PIL does) moves 4x fewer bytes
         between processes than float.
         """
+        if images.device.type != "cpu":
+            # torchvision's two uint8 passes exist on a CPU only; on CUDA it resizes bicubic
+            # uint8 in one float pass, up to 21 levels apart next to edges: a model fine-tuned
+            # on a GPU would see other pixels than its cached features and its CPU serving.
+            return self.resize_float(images.float()).round().to(torch.uint8)
         scale = math.floor(self.size / self.crop_pct)
         mode = InterpolationMode(self.interpolation)
         x = TF.resize(images, [scale, scale], interpolation=mode, antialias=True)

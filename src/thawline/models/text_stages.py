@@ -75,6 +75,7 @@ def chain_matches(backbone, chain: list[tuple[str, nn.Module]]) -> bool:
             backbone.model.eval()
             torch.manual_seed(0)
             ids = torch.randint(1000 if vocab > 1000 else 0, vocab, (2, 12))
+            ids = ids.to(next(backbone.model.parameters()).device)  # the check runs where it is
             mask = torch.ones_like(ids)
             mask[1, 7:] = 0  # the second document is padded
             x = torch.stack([ids, mask], dim=1)

@@ -183,7 +183,7 @@ def _compute(cfg, extractor, inputs: torch.Tensor) -> torch.Tensor:
     ordered = inputs if order is None else inputs[order]
     rows = batches(ordered, 0, len(ordered), cfg.extract.batch_size, extractor.preprocess,
                    cfg.extract.num_workers)  # fmt: skip
-    out = [extractor(x).to(dtype) for x in rows]
+    out = [extractor(x).to("cpu", dtype) for x in rows]  # shards are written from the CPU
     if not out:
         return torch.empty((0, extractor.num_features), dtype=dtype)
     features = torch.cat(out)
