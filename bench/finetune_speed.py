@@ -8,11 +8,17 @@ trainable, one AdamW param group. thawline's loop (``fine_tune``) is run for one
 groups unfrozen (full) with ``precision: auto`` (measured on the machine: fp32 or bf16 autocast) and
 with fp32 forced, with the top 2 groups unfrozen, and with the head only, to show that phases
 with frozen groups are cheaper than a full backward. Each input size is one row.
+
+On a GPU both loops run on CUDA (the naive one as the tutorials write it: ``model.to(device)``),
+the naive loop also in bf16 autocast and channels-last (thawline's precision and memory format
+there), and ``--profile FILE`` writes torch.profiler's busiest operations of a short thawline
+epoch (CPU and CUDA time, and how often the step waited for the GPU: ``aten::item``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -40,19 +46,48 @@ def classifier(size: int, image_size: int):
     )  # fmt: skip
 
 
-def naive(images: torch.Tensor, labels: torch.Tensor, size: int, batch: int) -> float:
-    """Images/s of the seeds' loop: fp32, NCHW, one param group, everything trainable."""
-    model = classifier(size, images.shape[-1]).train()
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def naive(
+    images: torch.Tensor, labels: torch.Tensor, size: int, batch: int, bf16_nhwc: bool = False
+) -> float:
+    """Images/s of the seeds' loop: fp32, NCHW, one param group, everything trainable
+    (``bf16_nhwc``: in bf16 autocast and channels-last, as thawline runs on a GPU)."""
+    model = classifier(size, images.shape[-1]).train().to(DEVICE)
+    if bf16_nhwc:
+        model = model.to(memory_format=torch.channels_last)
+    amp = torch.autocast(DEVICE.type, torch.bfloat16) if bf16_nhwc else contextlib.nullcontext()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     steps = len(labels) // batch
     started = time.perf_counter()
     for step in range(steps):
-        x = model.preprocess(images[step * batch : (step + 1) * batch])
-        loss = nn.functional.cross_entropy(model(x), labels[step * batch : (step + 1) * batch])
+        x = model.preprocess(images[step * batch : (step + 1) * batch].to(DEVICE))
+        y = labels[step * batch : (step + 1) * batch].to(DEVICE)
+        with amp:
+            loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - started)
+
+
+def profile_epoch(images, labels, size: int, batch: int, tmp: Path, path: Path) -> None:
+    """torch.profiler over one short full-thaw epoch of thawline's loop (``--profile``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda"
+                                           else [])  # fmt: skip
+    with profile(activities=activities) as prof:
+        thawline_loop(images, labels, size, batch, -1, tmp / "profiled")
+    averages = prof.key_averages()
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=25)]
+    if DEVICE.type == "cuda":
+        tables.append(averages.table(sort_by="self_cuda_time_total", row_limit=25))
+    path.write_text("\n\n".join(tables))
+    print(f"wrote {path}")
 
 
 def thawline_loop(
@@ -73,6 +108,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--profile", type=Path, help="also profile a short thawline epoch here")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -86,13 +122,21 @@ def main() -> None:
         train = load_split(cfg.paths.prepared, "train")
         images, labels = train.images, train.labels
         for size in args.sizes:
+            if DEVICE.type == "cuda":  # thawline's precision and memory format, in the naive loop
+                amp = naive(images, labels, size, args.batch, bf16_nhwc=True)
+                print(f"{size} px: naive loop in bf16 autocast, channels-last: {amp:.1f} img/s")
             slow = naive(images, labels, size, args.batch)
             full, auto = thawline_loop(images, labels, size, args.batch, -1, tmp)
             full32, _ = thawline_loop(images, labels, size, args.batch, -1, tmp, "fp32")
             top2, _ = thawline_loop(images, labels, size, args.batch, 2, tmp)
             head, _ = thawline_loop(images, labels, size, args.batch, 0, tmp)
             rows.append((size, auto, slow, full, full32, top2, head))
-    print(f"{len(labels)} images, batch {args.batch}, {torch.get_num_threads()} threads; img/s")
+        if args.profile:
+            profile_epoch(images[: 8 * args.batch], labels[: 8 * args.batch], args.sizes[0],
+                          args.batch, tmp, args.profile)  # fmt: skip
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU"
+    print(f"{len(labels)} images, batch {args.batch}, {where}, {torch.get_num_threads()} threads;"
+          " img/s")  # fmt: skip
     print("size | auto | naive (fp32, NCHW, all trainable) | thawline full (auto) | ratio "
           "(target >= 1.4x) | thawline full fp32 | top 2 groups | head only")  # fmt: skip
     for size, auto, slow, full, full32, top2, head in rows:
