@@ -72,7 +72,10 @@ class ThawTrainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCachin
         )  # fmt: skip
         self.steps = steps_per_epoch(len(self.sampler), self.rank_batch)
         self.wrapper = PhaseWrapper(self.model, world, device)
-        self.optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay))
+        # torch's fused AdamW (one kernel for every tensor): on the Intel Xeon a step of all of
+        # Lite0 took 4.5 ms against the default's 12.7, of a cached phase's top 2.6 against 7.8
+        fused = True if device.type in ("cpu", "cuda") else None
+        self.optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay), fused=fused)
         self.timeline = Timeline(phases, lrs, self.steps, opts.warmup_fraction)
         self.scheduler = timeline_schedule(self.optimizer, self.timeline)
         self.scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
