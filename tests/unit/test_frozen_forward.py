@@ -3,6 +3,7 @@ safe, the eager chain's output either way, eager where tracing does not apply.""
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 
 import torch
@@ -14,20 +15,22 @@ from thawline.training.activation_cache import Cut, bottom_forward, cut_for
 from thawline.training.frozen_forward import frozen_forward
 
 
-def _frozen_part() -> tuple[Cut, torch.Tensor]:
+@contextlib.contextmanager
+def _frozen_part():
+    """A tiny Lite0's frozen part below its top 4 groups, in eval mode (as the store build runs
+    it; the modes are restored afterwards), its eager chain, and 12 preprocessed images."""
     model = tiny_model()
     cut = cut_for(model, 4)
     assert isinstance(cut, Cut)
     images = torch.randint(0, 256, (12, 3, 28, 28), dtype=torch.uint8)
-    return cut, model.preprocess(images)
-
-
-def test_traced_frozen_part_gives_the_eager_output_for_any_batch():
-    cut, x = _frozen_part()
-    eager = partial(bottom_forward, cut)
     with kept_modes(cut.bottom), torch.no_grad():
         for stage in cut.bottom:
             stage.eval()
+        yield cut, partial(bottom_forward, cut), model.preprocess(images)
+
+
+def test_traced_frozen_part_gives_the_eager_output_for_any_batch():
+    with _frozen_part() as (cut, eager, x):
         forward = frozen_forward(cut.bottom, cut.enter, eager, x[:8], Precision(None))
         assert forward.__name__ == "fast"  # traced: Lite0's stages trace
         for batch in (x[:8], x[8:]):  # the traced batch size, then another
@@ -37,11 +40,7 @@ def test_traced_frozen_part_gives_the_eager_output_for_any_batch():
 
 
 def test_autocast_and_non_image_inputs_run_eagerly():
-    cut, x = _frozen_part()
-    eager = partial(bottom_forward, cut)
-    with kept_modes(cut.bottom), torch.no_grad():
-        for stage in cut.bottom:
-            stage.eval()
+    with _frozen_part() as (cut, eager, x):
         assert frozen_forward(cut.bottom, cut.enter, eager, x, Precision(torch.bfloat16)) is eager
         tokens = torch.zeros(2, 2, 16, dtype=torch.long)
         assert frozen_forward(cut.bottom, cut.enter, eager, tokens, Precision(None)) is eager
