@@ -10,9 +10,10 @@ with fp32 forced, with the top 2 groups unfrozen, and with the head only, to sho
 with frozen groups are cheaper than a full backward. Each input size is one row.
 
 On a GPU both loops run on CUDA (the naive one as the tutorials write it: ``model.to(device)``),
-the naive loop also in bf16 autocast and channels-last (thawline's precision and memory format
-there), and ``--profile FILE`` writes torch.profiler's busiest operations of a short thawline
-epoch (CPU and CUDA time, and how often the step waited for the GPU: ``aten::item``).
+the naive loop also in bf16 autocast and channels-last (thawline's memory format, and the
+precision it used there before ``auto`` measured on GPUs too), and ``--profile FILE`` writes
+torch.profiler's busiest operations of a short thawline epoch (CPU and CUDA time, and how
+often the step waited for the GPU: ``aten::item``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def classifier(size: int, image_size: int):
 
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# The naive loop's first steps are not timed: on a GPU the first calls load kernels and cuDNN
+# picks algorithms (the first loop ran at half the speed of the next). thawline's epoch, which
+# runs after the naive loops, includes its first steps.
+WARMUP_STEPS = 3
 
 
 def naive(
@@ -60,8 +65,13 @@ def naive(
     amp = torch.autocast(DEVICE.type, torch.bfloat16) if bf16_nhwc else contextlib.nullcontext()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     steps = len(labels) // batch
+    warmup = WARMUP_STEPS if steps > 2 * WARMUP_STEPS else 0  # a dry run's few steps: all timed
     started = time.perf_counter()
     for step in range(steps):
+        if step == warmup:  # start the clock after first-call setup (oneDNN, cuDNN)
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
         x = model.preprocess(images[step * batch : (step + 1) * batch].to(DEVICE))
         y = labels[step * batch : (step + 1) * batch].to(DEVICE)
         with amp:
@@ -71,7 +81,7 @@ def naive(
         optimizer.step()
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - started)
+    return (steps - warmup) * batch / (time.perf_counter() - started)
 
 
 def profile_epoch(images, labels, size: int, batch: int, tmp: Path, path: Path) -> None:

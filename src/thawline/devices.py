@@ -2,8 +2,8 @@
 
 ``auto`` is bf16 wherever the hardware computes it natively (on a CPU the frozen extractor
 runs bf16 there: 2x eager fp32 and more, docs/benchmarks.md) and fp16 on CUDA without bf16.
-Training and trained image models on a CPU do not follow this rule: whether bf16 autocast pays
-there depends on the CPU, the network and the input size, so
+Training and trained image models (on a CPU with native bf16, and on CUDA) do not follow this
+rule: whether half precision pays depends on the processor, the network and the input size, so
 :mod:`thawline.precision_choice` measures it on the machine at hand.
 """
 
@@ -50,7 +50,7 @@ def resolve_precision(
     key: str = "finetune.precision",
 ) -> Precision:
     """``auto``: bf16 where the hardware has it natively, else fp16 (+ GradScaler when
-    training) on CUDA, else fp32 (image training on a CPU: :mod:`thawline.precision_choice`).
+    training) on CUDA, else fp32 (image models: :mod:`thawline.precision_choice` measures).
 
     Raises:
         ConfigError: fp16 training on a CPU (no GradScaler-backed fp16 there).

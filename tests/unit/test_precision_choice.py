@@ -1,5 +1,5 @@
-"""``precision: auto`` on a CPU is measured on the machine at hand and cached per CPU model
-(precision_choice.py), with a real tiny Lite0 classifier."""
+"""``precision: auto`` on a CPU (and on a GPU: marked gpu) is measured on the machine at hand
+and cached per processor model (precision_choice.py), with a real tiny Lite0 classifier."""
 
 from __future__ import annotations
 
@@ -56,6 +56,24 @@ def test_the_cached_figures_decide():
     for slow, fast in (("fp32", "bf16"), ("bf16", "fp32")):
         cache_file().write_text(json.dumps({k: {slow: 1.0, fast: 9.0} for k in entries}))
         assert choose_precision("auto", CPU, model, batch=4, training=False).precision.name == fast
+
+
+@pytest.mark.gpu
+def test_auto_on_a_gpu_is_measured_too_and_leaves_the_gpu_random_stream_alone():
+    gpu = torch.device("cuda")
+    model = tiny_model()
+    torch.cuda.manual_seed(3)
+    expected_draw = torch.rand(3, device=gpu)
+    torch.cuda.manual_seed(3)
+    choice = choose_precision("auto", gpu, model, batch=8, training=True)
+    assert torch.equal(torch.rand(3, device=gpu), expected_draw)
+    assert next(model.parameters()).device.type == "cpu"  # measured on a copy
+    half = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    assert choice.how == "measured" and set(choice.images_per_s) == {"fp32", half}
+    assert choice.precision.name == max(choice.images_per_s, key=choice.images_per_s.get)
+    assert choice.precision.scaler == (choice.precision.name == "fp16")  # fp16 trains scaled
+    assert choice.record()["gpu"] == torch.cuda.get_device_name()
+    assert choose_precision("auto", gpu, model, batch=8, training=True).how == "cached"
 
 
 def test_asked_precisions_text_and_missing_bf16_follow_the_rule(monkeypatch):

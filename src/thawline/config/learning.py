@@ -123,8 +123,9 @@ class FinetuneParams(Section):
     activation_cache: Literal["auto", "always", "never"] = "auto"
     activation_views: int = Field(default=4, ge=1, le=64)  # the plain image + flipped/shifted
     activation_cache_gb: float = Field(default=4.0, gt=0)  # largest store (disk and memory)
-    # auto: bf16 autocast on CUDA with bf16 (else fp16 + GradScaler); on a CPU with native bf16,
-    # fp32 or bf16 autocast, whichever a short measurement finds faster (precision_choice.py).
+    # auto: for images on CUDA or a CPU with native bf16, fp32 or half-precision autocast (bf16,
+    # else fp16 + GradScaler on CUDA), whichever a short measurement finds faster
+    # (precision_choice.py); text: bf16 where native, else fp16 on CUDA, else fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     keep_checkpoints: int = Field(default=2, gt=0)

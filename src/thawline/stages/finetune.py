@@ -100,7 +100,7 @@ def starting_point(cfg: Config, opts: FinetuneParams, progress: bool) -> Start:
     size = opts.image_size or extracted
     if size != extracted:
         model = at_size(model, size)
-    # The fine-tune's own choice (measured once per kind of CPU, then cached): the refit head
+    # The fine-tune's own choice (measured once per kind of CPU or GPU, then cached): the refit head
     # sees the features the fine-tune will start from.
     precision = choose_precision(
         opts.precision, device, model, batch=opts.batch_size // opts.nproc, training=True
