@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/strategies.py [--sizes 200 1000 2000 10000] [--stored 28 32]
                                          [--val 500] [--test 5000] [--json out.json]
+                                         [--strategies head_only full] [--set key=value ...]
 
 For each training-set size, a Fashion-MNIST image folder (PNG, ``train/ val/ test/`` of class
 folders; a stratified training subset fixed by seed, the same val and test images for every
@@ -13,6 +14,8 @@ by the stage's own rule and reported with the run of the strategy it picks (the 
 inputs give the same run). Prints one row per (stored size, training images, strategy): val and
 test accuracy of the fine-tuned model, the probe's test accuracy, evaluate's choice with its test
 accuracy and Wilson 95% interval, and wall time (extraction and head included for head_only).
+``--set`` overrides params.yaml for every run (``-S`` of ``dvc exp run``), for example to study a
+fine-tune option on the same folders; ``--strategies`` runs some of them.
 """
 
 from __future__ import annotations
@@ -75,13 +78,16 @@ def wilson(accuracy: float, count: int) -> tuple[float, float]:
     return interval.low, interval.high
 
 
-def run_size(folder: Path, work: Path, stored: int | None) -> list[dict]:
-    """Every strategy on one folder at one stored size; a row each."""
+def run_size(
+    folder: Path, work: Path, stored: int | None, strategies: list[str], changes: list[str]
+) -> list[dict]:
+    """``strategies`` on one folder at one stored size; a row each."""
     overrides = [
         "data.source=imagefolder", f"data.root={folder}", "tracking.enabled=false",
         "scratch.enabled=false", f"prepare.image_size={'null' if stored is None else stored}",
         *(f"paths.{name}={work / name}" for name in ("prepared", "features", "head",
                                                       "checkpoints", "evaluation")),
+        *changes,
     ]  # fmt: skip
     cfg = load_config(REPO / "params.yaml", overrides)
     started = time.perf_counter()
@@ -90,7 +96,7 @@ def run_size(folder: Path, work: Path, stored: int | None) -> list[dict]:
     train_head.run(cfg, progress=False)
     upstream = time.perf_counter() - started
     rows, auto = [], resolve_strategy(cfg).strategy
-    for strategy in ("head_only", *TRAINED):
+    for strategy in strategies:
         tuned = cfg.model_copy(update={
             "finetune": cfg.finetune.model_copy(update={"strategy": strategy}),
             "paths": cfg.paths.model_copy(update={"finetune": work / f"finetune-{strategy}"}),
@@ -100,7 +106,9 @@ def run_size(folder: Path, work: Path, stored: int | None) -> list[dict]:
         seconds = time.perf_counter() - started + upstream
         evaluate.run(tuned, progress=False)
         rows.append(row(tuned, strategy, seconds))
-    rows.append({**next(r for r in rows if r["strategy"] == auto), "strategy": f"auto ({auto})"})
+    if auto in strategies:
+        picked = next(r for r in rows if r["strategy"] == auto)
+        rows.append({**picked, "strategy": f"auto ({auto})"})
     return rows
 
 
@@ -136,6 +144,10 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=5000)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--strategies", nargs="+", default=["head_only", *TRAINED],
+                        choices=["head_only", *TRAINED])  # fmt: skip
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="params.yaml overrides for every run, as -S")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     rows = []
@@ -147,7 +159,8 @@ def main() -> None:
             folder = make_folder(tmp / f"folder-{size}", size, args.val, args.test)
             for stored in args.stored:
                 work = tmp / f"work-{size}-{stored}"
-                for r in run_size(folder, work, None if stored == 28 else stored):
+                stored_size = None if stored == 28 else stored
+                for r in run_size(folder, work, stored_size, args.strategies, args.set):
                     r["stored"] = stored
                     rows.append(r)
                     print(format_row(r), flush=True)
