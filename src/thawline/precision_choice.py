@@ -4,7 +4,7 @@ machine at hand, not a threshold measured on another.
 Whether half precision pays depends on the processor, the network and the input size. Lite0
 training at batch 64 and 64 px in bf16 autocast ran at 0.6x fp32 on an AMD EPYC and 0.46x on an
 Intel Xeon with AMX; at 128 px it was 1.3x on the AMD EPYC. On an NVIDIA H200 it ran at 0.56x
-fp32 (cuDNN's bf16 channels-last depthwise convolutions: 56 kernel launches per call). So on a
+fp32 (cuDNN's bf16 channels-last convolutions: about 56 kernel launches per call). So on a
 CPU with native bf16, and on CUDA, ``auto`` times a few steps of fp32 and of half-precision
 autocast (bf16, or fp16 on a GPU without bf16) on a copy of the model (random inputs, the real
 batch and input size; forward and backward when training) and keeps the faster. The answer is
