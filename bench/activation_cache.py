@@ -19,8 +19,10 @@ probe stays the same) and prints the test difference per seed with its mean and 
 deviation: one seed's difference is mostly the seed's own noise.
 
 A mode with ``+fixed-dw`` (e.g. ``--modes never always always+fixed-dw``) runs the same with
-``finetune.train_depthwise: false``: the thawed groups' depthwise kernels stay as they are.
-Its ratio is printed against the live phase as it is today (``never``).
+``finetune.train_depthwise: false``: the thawed groups' depthwise kernels stay as they are;
+with ``+compile`` (e.g. ``always+fixed-dw+compile``) with ``finetune.compile: true``, its
+compile counted in the first epoch's img/s. Their ratios are printed against the live phase
+as it is today (``never``).
 
 ``--text``: the same on BBC News and the packaged MiniLM (examples/text/params.yaml, all 2,225
 articles at 256 tokens): the top ``--groups`` of its 7 layer groups (embeddings, 6 encoder
@@ -89,9 +91,10 @@ def main() -> None:
             stage.run(cfg, progress=False)
         runs = [(mode, cfg.seed + i) for i in range(args.seeds) for mode in args.modes]
         for mode, seed in runs:
-            cache, fixed_dw, _ = mode.partition("+fixed-dw")
+            cache, *levers = mode.split("+")
             run = cfg.model_copy(update={"seed": seed, "finetune": cfg.finetune.model_copy(
-                update={"activation_cache": cache, "train_depthwise": not fixed_dw})})  # fmt: skip
+                update={"activation_cache": cache, "train_depthwise": "fixed-dw" not in levers,
+                        "compile": "compile" in levers})})  # fmt: skip
             speeds: list[float] = []
             started = time.perf_counter()
             result = finetune.run(run, progress=False, on_epoch_end=speeds_into(speeds))
@@ -123,7 +126,7 @@ def main() -> None:
               f"test accuracy {', '.join(f'{d:+.2f}' for d in points)} points"
               + (f", mean {statistics.mean(points):+.2f} (sd {statistics.stdev(points):.2f})"
                  if len(points) > 1 else "") + " (target within 0.3)")  # fmt: skip
-    for mode in [m for m in args.modes if m.endswith("+fixed-dw") and "never" in args.modes]:
+    for mode in [m for m in args.modes if "+" in m and "never" in args.modes]:
         ratios = [rows[mode, s][0] / rows["never", s][0] for s in seeds]
         points = [100 * (rows[mode, s][3] - rows["never", s][3]) for s in seeds]
         print(f"{mode} / never img/s: {', '.join(f'{r:.2f}x' for r in ratios)}; test accuracy "

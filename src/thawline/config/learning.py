@@ -108,6 +108,10 @@ class FinetuneParams(Section):
     # weights and BatchNorm train). On a CPU their weight gradient is most of a step at small
     # maps: Lite0 at 64 px stepped 1.4-1.6x faster without it (docs/benchmarks.md).
     train_depthwise: bool = True
+    # torch.compile (inductor) of the network each phase trains, compiled at the phase's first
+    # step (5-45 s cold; a C++ compiler on a CPU): 1.13-1.26x faster steps for Lite0 with the
+    # depthwise kernels kept, none with them trained (Intel Xeon, docs/benchmarks.md).
+    compile: bool = False
     batch_size: int = Field(default=64, gt=1)
     # null = extract's input size; 64 trains about 4x faster than 128 px on a CPU
     image_size: int | None = Field(default=64, gt=0, le=2048)

@@ -173,6 +173,8 @@ class PooledFeatures(nn.Module):
 
     def _hooked(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The pooled pre-logits and this thread's pooled hooked layers for ``x``."""
+        if not self.layers:  # no hooks: no thread ids either (torch.compile cannot trace them)
+            return pool(self.backbone.forward_features(x)), []
         me = threading.get_ident()
         self._captured.pop(me, None)
         try:

@@ -13,7 +13,8 @@ DistributedDataParallel and a DistributedSampler deals each epoch's shuffled ord
 those of one process. The wrapper is rebuilt per phase (training/replicas.py says why). Only
 rank 0 writes checkpoints and calls ``on_epoch_end``. The run never ends worse than its start
 (training/never_worse.py). A phase with ``lr: auto`` starts with an LR range test
-(training/phase_lr.py); ``ema`` averages the weights and offers the better (training/ema.py).
+(training/phase_lr.py); ``ema`` averages the weights and offers the better (training/ema.py);
+``compile`` trains each phase's network compiled by torch.compile (training/compiled.py).
 Asked to stop (SIGTERM, SIGINT: thawline.stopping), it finishes the current step, writes a
 mid-epoch checkpoint that resumes exactly, and raises ``Interrupted``.
 """
@@ -32,6 +33,7 @@ from thawline.distributed import World
 from thawline.models.classifier import Classifier
 from thawline.precision_choice import agreed_precision
 from thawline.training.batches import deterministic
+from thawline.training.compiled import check_compiler
 from thawline.training.fit_head import EpochCallback
 from thawline.training.resumable import remove_other_series
 from thawline.training.thaw_trainer import ThawTrainer
@@ -106,6 +108,8 @@ def fine_tune(
             f"{world.size} processes; make it a multiple of {world.size}"
         )
     device = world.device(resolve_device(opts.device))
+    if opts.compile:
+        check_compiler(device)
     choice = agreed_precision(opts.precision, device, model, opts.batch_size // world.size, world)
     precision = choice.precision
     if opts.thaw == "lora":

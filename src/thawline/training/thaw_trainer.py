@@ -26,6 +26,7 @@ from thawline.models.preprocess import item_unit
 from thawline.progress import progress_bar
 from thawline.stopping import deferred, interrupted
 from thawline.training.cached_phases import ActivationCaching, PhaseSource
+from thawline.training.compiled import CompiledNetworks
 from thawline.training.ema import WeightAverage
 from thawline.training.fit_head import EpochCallback, NonFiniteLossError
 from thawline.training.guarded_step import GuardedStep
@@ -47,12 +48,12 @@ from thawline.training.validate import logit_sums, metrics_from_sums, predict_lo
 
 
 class ThawTrainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCaching, TrainingBatches,
-               GuardedStep, Stoppable):  # fmt: skip
+               GuardedStep, Stoppable, CompiledNetworks):  # fmt: skip
     """The training state of one run (checkpoints: :class:`Resumable`; the best epoch and
     rollbacks: :class:`NeverWorse`; ``lr: auto`` phases: :class:`AutoLR`; ``ema``:
     :class:`WeightAverage`; phases on cached activations: :class:`ActivationCaching`; Mixup and
     RandAugment: :class:`TrainingBatches`; the NaN guard: :class:`GuardedStep`; stopping when
-    asked: :class:`Stoppable`)."""
+    asked: :class:`Stoppable`; ``compile``: :class:`CompiledNetworks`)."""
 
     def __init__(
         self, model, train, val, opts: FinetuneParams, seed, device, precision: Precision,
@@ -168,6 +169,7 @@ class ThawTrainer(Resumable, WeightAverage, NeverWorse, AutoLR, ActivationCachin
         preprocess = self._phase_preprocess(phase)  # its own input size when progressive
         if source is not None:  # the frozen part's output, computed once: only the top trains
             net, views = source.top, self._view_draws()
+        net = self._trained_form(net)  # compiled with finetune.compile
         # Order and augmentation depend on (seed, epoch, rank) only: a resumed epoch repeats them.
         self.sampler.set_epoch(self.epoch)
         order = torch.tensor(list(self.sampler))
