@@ -141,6 +141,23 @@ def test_ddp_finetune_trains_like_one_process_with_one_run_and_one_series(traine
     assert again["model_sha256"] == done["model_sha256"]
 
 
+@pytest.mark.slow  # two processes compile (finetune.compile) the DDP-wrapped network
+def test_ddp_with_compile_trains_like_one_process(trained, tmp_path):
+    cfg = trained.model_copy(update={"finetune": trained.finetune.model_copy(
+        update={"compile": True, "train_depthwise": False})})  # fmt: skip
+    single = tmp_path / "single"
+    paths = cfg.paths.model_copy(update={"finetune": single, "checkpoints": tmp_path / "one"})
+    finetune.run(cfg.model_copy(update={"paths": paths}), progress=False)
+    params = params_file(cfg, tmp_path, tracking=False, finetune="ddp", checkpoints="two")
+    log = thawline_stage(params, "finetune", "--nproc", "2")
+    assert "distributed: 2 processes (gloo)" in log
+    one, two = history(single), history(tmp_path / "ddp")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one[1:], two[1:], strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3, (one, two)
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-3, (one, two)
+
+
 def test_ddp_rolls_a_bad_phase_back_on_every_rank_alike(trained, tmp_path):
     """A too-high LR under torchrun: the loss diverges on both ranks at once, both roll back and
     retry together (the run's end checks that they hold the same weights), and the model is no
