@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch._inductor import config as inductor_config
+from torch._inductor.cpp_builder import cpp_compiler_search
 
 from tests.finetune_support import Stop, comparable, run, same_weights
 from thawline.config import ConfigError
@@ -21,12 +23,15 @@ PHASES = {  # a cached phase (its top compiled), then a live full thaw (the clas
 }
 
 
-def test_no_cxx_compiler_is_a_clear_error_before_training(finetune_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.delenv("CXX", raising=False)
-    with pytest.raises(ConfigError, match=r"finetune.compile: true needs a C\+\+ compiler.*"
-                                          r"finetune.compile: false"):  # fmt: skip
+def test_no_cxx_compiler_is_a_clear_error_before_training(finetune_data, tmp_path):
+    cpp_compiler_search.cache_clear()  # inductor caches the compiler it found
+    says = r"finetune.compile: true needs a C\+\+ compiler.*finetune.compile: false"
+    with (
+        inductor_config.patch({"cpp.cxx": (None, "no-such-c++")}),  # what $CXX would set
+        pytest.raises(ConfigError, match=says),
+    ):
         run(finetune_data, tmp_path / "runs", compile=True, **PHASES)
+    cpp_compiler_search.cache_clear()
     assert not (tmp_path / "runs").exists()  # nothing started, nothing to clean up
 
 

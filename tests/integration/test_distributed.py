@@ -151,6 +151,7 @@ def test_ddp_with_compile_trains_like_one_process(trained, tmp_path):
     params = params_file(cfg, tmp_path, tracking=False, finetune="ddp", checkpoints="two")
     log = thawline_stage(params, "finetune", "--nproc", "2")
     assert "distributed: 2 processes (gloo)" in log
+    assert "finetune.compile: DistributedDataParallel compiles" in log
     one, two = history(single), history(tmp_path / "ddp")
     assert len(one) == len(two) == 3
     for a, b in zip(one[1:], two[1:], strict=True):

@@ -14,8 +14,6 @@ before the run starts so that a missing one is a clear error, not a failure mid-
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 
 import torch
 from torch import nn
@@ -29,28 +27,32 @@ def check_compiler(device: torch.device) -> None:
     """Raise ConfigError when inductor cannot build CPU kernels here (no C++ compiler)."""
     if device.type != "cpu":
         return  # CUDA kernels are Triton's, which brings its own compiler
-    wanted = os.environ.get("CXX") or "g++"
-    if not any(shutil.which(name) for name in (wanted, "c++", "clang++")):
+    from torch._inductor.cpp_builder import get_cpp_compiler  # imported only when asked for
+    from torch._inductor.exc import InvalidCxxCompiler
+
+    try:
+        get_cpp_compiler()  # inductor's own search: $CXX, else g++ (clang++ on macOS)
+    except InvalidCxxCompiler as err:
         raise ConfigError(
-            "finetune.compile: true needs a C++ compiler for torch.compile's CPU kernels, and "
-            f"none was found on PATH ({wanted}, c++, clang++); install one (e.g. apt install "
-            "g++) or set finetune.compile: false"
-        )
+            f"finetune.compile: true needs a C++ compiler for torch.compile's CPU kernels ({err}); "
+            "install one (e.g. apt install g++, or point $CXX at one) or set finetune.compile: "
+            "false"
+        ) from None
 
 
 class CompiledNetworks:
-    """The compiled form of each network trained so far, by identity (a mixin of the thaw
-    loop's trainer, which sets ``opts``)."""
+    """The compiled form of the network being trained (a mixin of the thaw loop's trainer,
+    which sets ``opts``)."""
 
-    _compiled: dict[int, tuple[nn.Module, nn.Module]]
+    _compiled: tuple[nn.Module, nn.Module] | None = None  # (network, its compiled form)
 
     def _trained_form(self, net: nn.Module) -> nn.Module:
-        """``net`` itself, or with ``compile`` its compiled form (made at the first call)."""
+        """``net`` itself, or with ``compile`` its compiled form (made at the first call). Only
+        the current network's is kept: a phase never trains an earlier phase's network again,
+        and an old DDP wrapper holds its gradient buckets."""
         if not self.opts.compile:
             return net
-        if not hasattr(self, "_compiled"):
-            self._compiled = {}
-        if id(net) not in self._compiled:  # the entry holds ``net``: its id stays its own
+        if self._compiled is None or self._compiled[0] is not net:
             log.info("finetune.compile: %s compiles at its first step", type(net).__name__)
-            self._compiled[id(net)] = (net, torch.compile(net))
-        return self._compiled[id(net)][1]
+            self._compiled = (net, torch.compile(net))
+        return self._compiled[1]
