@@ -37,7 +37,9 @@ Prints, per run, the wall time to reach 0.92, 0.93 and 0.94 test accuracy and th
 reached within each budget (``--budgets`` minutes), writes them to ``--json`` and plots test
 accuracy against wall time, all runs on one chart (``--plot``, default docs/time_to_accuracy.png).
 A run with EMA (``thawline-fast``, ``thawline-ema``) also scores its averaged weights after each
-epoch, from the checkpoint just written: a second curve, ``<run> (EMA)``.
+epoch, from the checkpoint just written: a second curve, ``<run> (EMA)``. ``--tta`` scores
+every thawline point also with ``evaluate.tta``'s ``flip`` (the softmax averaged over the image
+and its mirror, as ``evaluate`` reports it beside the plain score): curves ``<run> (TTA)``.
 ``--short`` takes 1,000 training images per class, 500 test images per class, budgets of 2, 4
 and 8 minutes and fewer epochs.
 """
@@ -63,7 +65,7 @@ from thawline.training.checkpoint import load_latest
 from thawline.training.strategy import resolve_strategy
 from thawline.training.thaw_loop import fine_tune
 from thawline.training.trained_model import load_training_data
-from thawline.training.validate import predict_logits
+from thawline.training.validate import logits_and_tta, predict_logits
 
 THRESHOLDS = (0.92, 0.93, 0.94)
 RUNS = (
@@ -117,9 +119,9 @@ def profile(overrides: list[str]) -> dict:
     return {key: value for key, value in fast.items() if value != default[key]}
 
 
-def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
+def thawline_run(cfg, test, phases: list[dict] | None, levers: dict, tta: bool = False) -> Clock:
     """extract + train_head + a fine-tune (the default, or ``phases``; ``levers`` set on it),
-    as the stages run."""
+    as the stages run; with ``tta`` each point is also scored with flip TTA."""
     clock = Clock()
     extract.run(cfg, progress=False)
     train_head.run(cfg, progress=False)
@@ -129,16 +131,23 @@ def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
     start = finetune.starting_point(cfg, opts, progress=False)
     model = start.model
 
-    def accuracy(scored=model) -> float:
-        logits = predict_logits(scored, test[0])
+    def accuracy(scored=model) -> float | tuple[float, float]:
+        if tta:
+            logits, probs = logits_and_tta(scored, test[0], "flip")
+        else:
+            logits, probs = predict_logits(scored, test[0]), None
         scored.train()
-        return (logits.argmax(1) == test[1]).float().mean().item()
+        plain = (logits.argmax(1) == test[1]).float().mean().item()
+        if probs is None:
+            return plain
+        return plain, (probs.argmax(1) == test[1]).float().mean().item()
 
     clock.score(accuracy)  # the probe at the fine-tune's size: where the thaw starts
     train, val = load_training_data(cfg)
     averaged = copy.deepcopy(model) if opts.ema else None  # the EMA weights, scored alike
     if averaged is not None:
         clock.ema_points.append(clock.points[0])  # the average starts at the probe
+        clock.ema_tta_points += clock.tta_points[:1]
 
     def ema_accuracy() -> float:  # from the checkpoint just written, as a resume would load it
         # the run's one checkpoint series (a cached phase's store sits beside it, hidden)
@@ -161,11 +170,15 @@ def thawline_run(cfg, test, phases: list[dict] | None, levers: dict) -> Clock:
                            on_epoch_end=epoch_end)  # fmt: skip
     # What the stage keeps: the best epoch's weights (with EMA, raw or averaged: "weights").
     model = result.model
+    kept = accuracy()
     clock.kept = {"epoch": result.best_epoch, "weights": result.best.get("weights", "raw"),
-                  "test": accuracy()}  # fmt: skip
+                  "test": kept[0] if tta else kept}  # fmt: skip
+    if tta:
+        clock.kept["test_tta"] = kept[1]
     print(
         f"  kept: epoch {result.best_epoch} ({clock.kept['weights']} weights), "
         f"test {clock.kept['test']:.4f}"
+        + (f", with TTA {clock.kept['test_tta']:.4f}" if tta else "")
     )
     return clock
 
@@ -217,6 +230,8 @@ def main() -> None:
     )
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="thawline-custom's finetune overrides, as -S takes them")  # fmt: skip
+    parser.add_argument("--tta", action="store_true",
+                        help="score thawline's points also with flip TTA")  # fmt: skip
     parser.add_argument("--per-class", type=int, help="training images per class (a subset)")
     parser.add_argument("--test-per-class", type=int, help="test images per class (a subset)")
     parser.add_argument("--json", type=Path, default=Path("reports/time_to_accuracy.json"))
@@ -253,12 +268,16 @@ def main() -> None:
                 if name == "thawline-top4":
                     phases = [TOP4 | {"epochs": args.top4_epochs}]
                     levers = {"ema": True, "activation_cache": args.top4_cache}
-                clock = thawline_run(cfg, test, phases, levers)
+                clock = thawline_run(cfg, test, phases, levers, args.tta)
         results[name] = summary(clock.points, budgets) | (
             {"kept": clock.kept} if clock.kept else {}
         )
         if clock.ema_points:
             results[f"{name} (EMA)"] = summary(clock.ema_points, budgets)
+        if clock.tta_points:
+            results[f"{name} (TTA)"] = summary(clock.tta_points, budgets)
+        if clock.ema_tta_points:
+            results[f"{name} (EMA, TTA)"] = summary(clock.ema_tta_points, budgets)
     threads = torch.get_num_threads()
     machine = f"{cpu_model()}, {threads} threads"
     if torch.cuda.is_available():  # the training device (naive and thawline alike)

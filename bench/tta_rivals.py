@@ -27,16 +27,27 @@ class Clock:
         self.points: list[tuple[float, float]] = []  # (training seconds, test accuracy)
         self.ema_points: list[tuple[float, float]] = []  # the same for EMA weights, if any
         self.kept: dict | None = None  # thawline: the weights the stage keeps, scored once
+        # thawline with --tta: the same points scored with test-time augmentation (raw, EMA)
+        self.tta_points: list[tuple[float, float]] = []
+        self.ema_tta_points: list[tuple[float, float]] = []
 
     def score(self, accuracy_fn, ema: bool = False) -> None:
+        """Score with ``accuracy_fn``: a test accuracy, or (plain, with TTA) ones."""
         if torch.cuda.is_available():  # the steps still queued on the GPU are training time
             torch.cuda.synchronize()
         now = time.perf_counter()
-        accuracy = accuracy_fn()
+        accuracy, tta = accuracy_fn(), None
+        if isinstance(accuracy, tuple):
+            accuracy, tta = accuracy
         points = self.ema_points if ema else self.points
-        points.append((now - self.started - self.paused, accuracy))
+        seconds = now - self.started - self.paused
+        points.append((seconds, accuracy))
+        line = f"  {seconds:7.1f} s  test {accuracy:.4f}"
+        if tta is not None:
+            (self.ema_tta_points if ema else self.tta_points).append((seconds, tta))
+            line += f", with TTA {tta:.4f}"
         self.paused += time.perf_counter() - now
-        print(f"  {points[-1][0]:7.1f} s  test {accuracy:.4f}{' (EMA)' if ema else ''}", flush=True)
+        print(line + (" (EMA)" if ema else ""), flush=True)
 
 
 def naive(cfg, test, epochs: int) -> Clock:
