@@ -149,8 +149,9 @@ def thawline_run(cfg, test, phases: list[dict] | None, levers: dict, tta: bool =
         clock.ema_points.append(clock.points[0])  # the average starts at the probe
         clock.ema_tta_points += clock.tta_points[:1]
 
-    def ema_accuracy() -> float:  # from the checkpoint just written, as a resume would load it
-        # the run's one checkpoint series (a cached phase's store sits beside it, hidden)
+    def ema_accuracy() -> float | tuple[float, float]:
+        # From the checkpoint just written, as a resume would load it: the run's one checkpoint
+        # series (a cached phase's store sits beside it, hidden)
         (latest,) = [load_latest(d) for d in Path(tmp).iterdir() if not d.name.startswith(".")]
         averaged.load_state_dict(latest.state["ema"])
         return accuracy(averaged)
